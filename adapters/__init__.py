@@ -1,0 +1,1 @@
+"""Adapters: each translates one platform to and from chatcore events, nothing more."""

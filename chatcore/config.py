@@ -1,0 +1,313 @@
+"""Configuration: typed settings models and the loader that layers their sources.
+
+Lowest to highest priority: ``config/default.toml`` (shipped as ``chatcore.defaults``), the user's
+file (``--config PATH`` or ``CHATCORE_CONFIG``), then ``CHATCORE_SECTION__KEY`` environment
+variables. Secrets (``SecretStr`` fields) are accepted only from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "CHATCORE_"
+CONFIG_ENV = "CHATCORE_CONFIG"
+PLUGINS_ENV = "CHATCORE_PLUGINS"
+# Variables with the prefix that are not settings: they must not be parsed as sections.
+_NOT_SETTINGS = {CONFIG_ENV.lower(), PLUGINS_ENV.lower()}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``lines`` holds one user-facing line per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """Which model answers, and how it is loaded."""
+
+    backend: str = Field("transformers", min_length=1)
+    path: str = ""
+    gguf_file: str = ""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    threads: int = Field(0, ge=0, le=256)
+
+
+class GenerationSettings(_Section):
+    """How replies are decoded; also the per-call options a backend receives."""
+
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    strategy: Literal["greedy", "sample", "beam"] = "greedy"
+    temperature: float = Field(0.7, gt=0.0, le=5.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    num_beams: int = Field(4, ge=2, le=16)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    stop: tuple[str, ...] = ()
+    seed: int = Field(-1, ge=-1)
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+
+class ContextSettings(_Section):
+    """What goes into the prompt and how many tokens it may take."""
+
+    system_prompt: str = "You are a helpful AI assistant."
+    window: int = Field(0, ge=0)
+    history_limit: int = Field(200, ge=2)
+
+
+class StorageSettings(_Section):
+    """Where state is stored."""
+
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _looks_like_url(cls, value: str) -> str:
+        if value and not re.match(r"^[a-z][a-z0-9]*(\+[a-z0-9]+)?://", value):
+            raise ValueError(
+                "must be a database URL such as sqlite:///path/to/chat.db or "
+                "postgresql+psycopg://user@host/db, or empty for the default"
+            )
+        return value
+
+
+class TerminalSettings(_Section):
+    """The terminal chat (``chatcore chat``)."""
+
+    user: str = ""
+    history_file: str = ""
+
+
+class AdaptersSettings(_Section):
+    """Per-adapter settings."""
+
+    terminal: TerminalSettings = TerminalSettings()
+
+
+class PluginsSettings(_Section):
+    """Which plugins load. Entry-point plugins load unless disabled or left out of
+    ``CHATCORE_PLUGINS`` (a comma-separated allowlist, when set)."""
+
+    builtin: tuple[str, ...] = ("backends", "commands", "terminal")
+    disabled: tuple[str, ...] = ()
+
+
+class LoggingSettings(_Section):
+    """Log output (to standard error)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    home: str = ""
+    model: ModelSettings = ModelSettings()
+    generation: GenerationSettings = GenerationSettings()
+    context: ContextSettings = ContextSettings()
+    storage: StorageSettings = StorageSettings()
+    adapters: AdaptersSettings = AdaptersSettings()
+    plugins: PluginsSettings = PluginsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The loader passes the merged TOML files as init arguments; the environment wins.
+        if isinstance(env_settings, EnvSettingsSource):
+            env_settings.env_vars = {
+                k: v for k, v in env_settings.env_vars.items() if k.lower() not in _NOT_SETTINGS
+            }
+        return (env_settings, init_settings)
+
+    @property
+    def home_path(self) -> Path:
+        """The data directory: ``home`` (``CHATCORE_HOME``) or the platform's user data dir."""
+        if self.home:
+            return Path(self.home).expanduser()
+        return Path(platformdirs.user_data_dir("chatcore", appauthor=False))
+
+    @property
+    def storage_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        return self.storage.url or f"sqlite:///{self.home_path / 'chatcore.db'}"
+
+    @property
+    def context_reserve(self) -> int:
+        """Tokens kept free for the reply."""
+        return self.generation.max_new_tokens
+
+
+def default_config_path() -> Path:
+    """The shipped ``default.toml``."""
+    return Path(str(resources.files("chatcore.defaults").joinpath("default.toml")))
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Load and validate the configuration; raise ``ConfigError`` with one line per problem."""
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = os.environ[CONFIG_ENV]
+    files = [default_config_path()]
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigError([f"config error: config file {path} does not exist"])
+        files.append(path)
+
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], Path] = {}
+    for path in files:
+        data = _read_toml(path)
+        _reject_secrets_in_file(data, path)
+        for loc in _leaf_paths(data):
+            origin[loc] = path
+        _deep_merge(merged, data)
+    try:
+        return Settings(**merged)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, origin)) from None
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data, with every secret replaced by ``'********'``."""
+    return _mask(settings)
+
+
+def _mask(model: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out[name] = _mask(value)
+        elif isinstance(value, SecretStr):
+            out[name] = "********" if value.get_secret_value() else ""
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"config error: {path} is not valid TOML: {error}"]) from None
+    except OSError as error:
+        raise ConfigError([f"config error: cannot read {path}: {error.strerror}"]) from None
+
+
+def _secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _secret_paths(annotation, (*prefix, name))
+        elif annotation is SecretStr or "SecretStr" in str(annotation):
+            yield (*prefix, name)
+
+
+def _reject_secrets_in_file(data: Mapping[str, Any], path: Path) -> None:
+    lines = []
+    for loc in _secret_paths(Settings):
+        node: Any = data
+        for part in loc:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            env = ENV_PREFIX + "__".join(loc).upper()
+            lines.append(
+                f"config error: {'.'.join(loc)} is a secret and must not be in {path}; "
+                f"remove it there and set the environment variable {env} instead"
+            )
+    if lines:
+        raise ConfigError(lines)
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _leaf_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc)
+        env = ENV_PREFIX + "__".join(loc).upper()
+        if any(name.upper() == env for name in os.environ):
+            source = f"from environment variable {env}"
+        else:
+            found = next((origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), None)
+            source = f"from {found}" if found else "from defaults"
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
+            lines.append(f"config error: {key} ({source}) is not a known key; allowed here: {allowed}")
+            continue
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "a table"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"config error: {key} = {shown} ({source}): {message}")
+    return lines
+
+
+def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(model.model_fields)

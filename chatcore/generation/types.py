@@ -1,0 +1,88 @@
+"""Value types of generation: chat messages in, chunks out, and the backend's contract.
+
+A leaf module (it imports only ``chatcore.events``): backends, the context builder and the
+engine all speak these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from chatcore.events import FinishReason, Usage
+
+if TYPE_CHECKING:
+    from chatcore.config import GenerationSettings
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a chat prompt."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of generated text. The last chunk of a stream has ``finish_reason`` set."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+class GenerationError(Exception):
+    """A backend could not generate; the message says what went wrong and what to do."""
+
+
+class ModelNotFoundError(GenerationError):
+    """The configured model is not where the configuration says."""
+
+
+@runtime_checkable
+class ChatTokenizer(Protocol):
+    """Counts tokens of a chat prompt exactly as the backend will see it."""
+
+    @property
+    def context_window(self) -> int:
+        """The most tokens (prompt plus reply) the model can attend to."""
+        ...
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of ``messages`` rendered with the chat template, generation prompt included."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Turns chat messages plus generation options into an async stream of text chunks.
+
+    ``load`` is called once before the first ``stream`` and may be slow (it runs heavy work off
+    the event loop). Closing the stream early (``aclose``, or cancelling its consumer) stops the
+    generation promptly.
+    """
+
+    name: str
+
+    async def load(self) -> None:
+        """Make the model ready; idempotent."""
+        ...
+
+    @property
+    def tokenizer(self) -> ChatTokenizer:
+        """The tokenizer prompts are budgeted with; valid after ``load``."""
+        ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], options: GenerationSettings
+    ) -> AsyncIterator[Chunk]:
+        """Generate a reply to ``messages``; the last chunk carries the finish reason."""
+        ...
+
+    async def close(self) -> None:
+        """Release the model and any worker threads."""
+        ...

@@ -1,0 +1,86 @@
+"""Every hook a chatcore plugin can implement, grouped by phase; documented in docs/hooks.md.
+
+Plugin authors mark implementations with ``chatcore.hookimpl``. Any hook may be a coroutine
+function; chatcore awaits what needs awaiting. A hook that raises is logged with the plugin's
+name and contained: it never takes the bot down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from chatcore.config import Settings
+    from chatcore.events import Message, Reply
+
+PROJECT = "chatcore"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# The phases, in the order a message meets them. docs/hooks.md follows the same order.
+PHASES: dict[str, tuple[str, ...]] = {
+    "startup": ("register_backends", "register_adapters", "register_commands", "startup"),
+    "inbound": ("message_received",),
+    "generation": ("extend_system_prompt",),
+    "outbound": ("reply_finished",),
+    "shutdown": ("shutdown",),
+}
+
+
+# -- startup ---------------------------------------------------------------------------------
+
+
+@hookspec
+def register_backends(register: Callable[[str, Callable[[Settings], Any]], None]) -> None:
+    """Register generation backends: ``register(name, factory)``, factory(settings) -> Backend."""
+
+
+@hookspec
+def register_adapters(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register platform adapters: ``register(name, factory)``, factory(context, **options)."""
+
+
+@hookspec
+def register_commands(register: Callable[[Any], None]) -> None:
+    """Register slash commands: ``register(Command(name, help, handler))``."""
+
+
+@hookspec
+def startup(settings: Settings) -> None:
+    """Called once when the app has started, with the effective configuration."""
+
+
+# -- inbound ---------------------------------------------------------------------------------
+
+
+@hookspec
+def message_received(message: Message) -> None:
+    """Called for every message before it is handled; observe only (return value ignored)."""
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+@hookspec
+def extend_system_prompt(message: Message) -> str | None:
+    """Return text to append to the system prompt for this message, or None."""
+
+
+# -- outbound --------------------------------------------------------------------------------
+
+
+@hookspec
+def reply_finished(message: Message, reply: Reply) -> None:
+    """Called after a reply was completed and stored (not for errors or commands)."""
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+@hookspec
+def shutdown() -> None:
+    """Called once when the app stops; release what ``startup`` acquired."""

@@ -1,0 +1,1 @@
+"""Conversation state: the store interface and its in-memory implementation."""

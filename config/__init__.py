@@ -1,0 +1,1 @@
+"""Shipped configuration files: ``default.toml`` holds every default; the rest are examples."""
