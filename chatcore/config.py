@@ -208,7 +208,7 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         raise ConfigError(_describe(error, origin)) from None
 
 
-def masked_settings(settings: Settings) -> dict[str, Any]:
+def masked_settings(settings: BaseModel) -> dict[str, Any]:
     """The settings as plain data, with every secret replaced by ``'********'``."""
     return _mask(settings)
 
@@ -238,7 +238,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"config error: cannot read {path}: {error.strerror}"]) from None
 
 
-def _secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def _secret_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -247,9 +249,11 @@ def _secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Itera
             yield (*prefix, name)
 
 
-def _reject_secrets_in_file(data: Mapping[str, Any], path: Path) -> None:
+def _reject_secrets_in_file(
+    data: Mapping[str, Any], path: Path, model: type[BaseModel] = Settings
+) -> None:
     lines = []
-    for loc in _secret_paths(Settings):
+    for loc in _secret_paths(model):
         node: Any = data
         for part in loc:
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -288,11 +292,15 @@ def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) ->
         if any(name.upper() == env for name in os.environ):
             source = f"from environment variable {env}"
         else:
-            found = next((origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), None)
+            found = next(
+                (origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), None
+            )
             source = f"from {found}" if found else "from defaults"
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
-            lines.append(f"config error: {key} ({source}) is not a known key; allowed here: {allowed}")
+            lines.append(
+                f"config error: {key} ({source}) is not a known key; allowed here: {allowed}"
+            )
             continue
         value = item.get("input")
         shown = repr(value) if not isinstance(value, dict) else "a table"

@@ -105,4 +105,4 @@ class ReplyError:
 
 
 ReplyEvent = ReplyChunk | Reply | ReplyError
-"""What ``Engine.handle`` streams: zero or more chunks, then exactly one ``Reply`` or ``ReplyError``."""
+"""What ``Engine.handle`` streams: zero or more chunks, then one ``Reply`` or ``ReplyError``."""

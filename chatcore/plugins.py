@@ -11,6 +11,7 @@ import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, Literal, TypeVar
 
@@ -119,9 +120,7 @@ class PluginHost:
 
     # -- loading -------------------------------------------------------------------------------
 
-    async def load(
-        self, settings: Settings, installed: Iterable[EntryPoint] | None = None
-    ) -> None:
+    async def load(self, settings: Settings, installed: Iterable[EntryPoint] | None = None) -> None:
         """Load the configured built-ins and the installed entry-point plugins, then collect
         their registrations. Failures are recorded in ``infos``; nothing here raises for them."""
         disabled = set(settings.plugins.disabled)
@@ -132,7 +131,7 @@ class PluginHost:
             elif name in disabled:
                 self.infos[name] = PluginInfo(name, "built-in", status="disabled")
             else:
-                self._import_and_add(name, "built-in", lambda n=name: _import(DEFAULT_PLUGINS[n]))
+                self._import_and_add(name, "built-in", partial(_import, DEFAULT_PLUGINS[name]))
 
         allow = _allowlist()
         points = entry_points(group=ENTRY_POINT_GROUP) if installed is None else installed
@@ -197,13 +196,18 @@ class PluginHost:
             ("register_commands", self.commands, _command_entry),
         ]
         for hook_name, registry, to_entry in collectors:
-            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            # In load order, so built-ins claim their names before installed plugins.
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 owner = impl.plugin_name
                 if (only is not None and owner != only) or self.infos[owner].status != "loaded":
                     continue
 
-                def register(*args: Any, _reg: Registry[Any] = registry, _owner: str = owner,
-                             _to: Callable[..., tuple[str, Any]] = to_entry) -> None:
+                def register(
+                    *args: Any,
+                    _reg: Registry[Any] = registry,
+                    _owner: str = owner,
+                    _to: Callable[..., tuple[str, Any]] = to_entry,
+                ) -> None:
                     name, item = _to(*args)
                     _reg.add(name, item, _owner)
                     self.infos[_owner].registered.setdefault(_reg.kind, []).append(name)

@@ -1,0 +1,179 @@
+"""The ``chatcore`` command line: ``chat``, ``config show`` and ``plugins``.
+
+Errors the user can fix (bad configuration, missing model, unknown plugin) print one clear
+line per problem to standard error and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chatcore import __version__
+from chatcore.config import ConfigError, Settings, load_settings, masked_settings
+from chatcore.generation.types import GenerationError
+from chatcore.plugins import PluginError, PluginHost
+
+app = typer.Typer(
+    name="chatcore",
+    help="Run a language-model chatbot in the terminal and on chat platforms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML file that overrides config/default.toml (or set CHATCORE_CONFIG).",
+        dir_okay=False,
+    ),
+]
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line per problem, exit code 2."""
+
+
+def _fail(lines: list[str], code: int = 2) -> typer.Exit:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in lines:
+        err.print(line, markup=False)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        raise _fail(error.lines) from None
+    logging.basicConfig(
+        level=settings.logging.level,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"chatcore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """chatcore: a chatbot framework with skill plugins."""
+
+
+@app.command()
+def chat(
+    config: ConfigOption = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="Your user name (default: login name).")
+    ] = None,
+) -> None:
+    """Chat with the model in the terminal. Piped input: one message per line."""
+    settings = _settings(config)
+    code = _run(settings, "terminal", user=user)
+    raise typer.Exit(code)
+
+
+def _run(settings: Settings, adapter_name: str, **options: Any) -> int:
+    from chatcore.app import create_app
+
+    async def main() -> int:
+        app_ = await create_app(settings)
+        try:
+            adapter = app_.adapter(adapter_name, **options)
+            return await adapter.run()
+        finally:
+            await app_.close()
+
+    try:
+        return asyncio.run(main())
+    except (PluginError, GenerationError, UsageError) as error:
+        raise _fail([f"error: {error}"]) from None
+    except KeyboardInterrupt:
+        return 130
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
+) -> None:
+    """Print the effective configuration (defaults, file and environment), secrets masked."""
+    settings = _settings(config)
+    data = masked_settings(settings)
+    data["home"] = str(settings.home_path)
+    data["storage"]["url"] = settings.storage_url
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(_to_toml(data))
+
+
+@app.command("plugins")
+def list_plugins(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List plugins: where each came from, its status, its hooks and what it registered."""
+    settings = _settings(config)
+    host = PluginHost()
+    asyncio.run(host.load(settings))
+    infos = sorted(host.infos.values(), key=lambda i: (i.source != "built-in", i.name))
+    if as_json:
+        typer.echo(json.dumps([info.__dict__ for info in infos], indent=2))
+        return
+    table = Table("plugin", "source", "status", "registered", "hooks", show_lines=False)
+    for info in infos:
+        registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registered.items())
+        status = info.status if info.error is None else f"{info.status}: {info.error}"
+        table.add_row(
+            info.name, info.source, status, registered or "-", ", ".join(info.hooks) or "-"
+        )
+    Console(soft_wrap=False, width=max(100, Console().width)).print(table)
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    """Render nested plain data as TOML (scalars first, then tables)."""
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], path: list[str]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if path and scalars:
+            lines.append(f"\n[{'.'.join(path)}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+        for key, value in tables.items():
+            emit(value, [*path, key])
+
+    emit(data, [])
+    text = "\n".join(lines).strip() + "\n"
+    tomllib.loads(text)  # what we print must be a valid config file
+    return text
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

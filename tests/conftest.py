@@ -1,0 +1,56 @@
+"""Shared fixtures: every test gets its own data directory and a clean CHATCORE_* environment;
+``fake_app`` builds a started app on the fake backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from chatcore.app import App, create_app
+from chatcore.config import Settings
+from chatcore.generation.fake import FakeBackend
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point CHATCORE_HOME at a temporary directory and drop any other CHATCORE_* variable."""
+    for name in list(os.environ):
+        if name.startswith("CHATCORE_"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("CHATCORE_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield home
+
+
+def make_settings(home: Path, **sections: dict[str, object]) -> Settings:
+    """Settings for tests: the fake backend, a temporary home, and the given section overrides."""
+    data: dict[str, object] = {"home": str(home), "model": {"backend": "fake"}}
+    for name, values in sections.items():
+        merged = dict(data.get(name, {}))  # type: ignore[call-overload]
+        merged.update(values)
+        data[name] = merged
+    return Settings(**data)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(isolated_env: Path) -> Settings:
+    return make_settings(isolated_env)
+
+
+@pytest.fixture
+def fake_backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+async def fake_app(settings: Settings, fake_backend: FakeBackend) -> AsyncIterator[App]:
+    app = await create_app(settings, backend=fake_backend)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.close()

@@ -1,0 +1,100 @@
+"""The context builder on the fake word tokenizer: budget, turn dropping, refusing."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatcore.context import ContextBuilder, MessageTooLongError, split_turns
+from chatcore.generation.fake import WordTokenizer
+from chatcore.generation.types import ChatMessage
+
+
+def _history(turns: int) -> list[ChatMessage]:
+    messages = []
+    for i in range(turns):
+        messages.append(ChatMessage("user", f"question {i} " + "word " * 5))
+        messages.append(ChatMessage("assistant", f"answer {i} " + "word " * 5))
+    return messages
+
+
+def test_everything_fits_when_the_budget_allows() -> None:
+    builder = ContextBuilder(WordTokenizer(1000), reserve=100)
+    prompt = builder.build("be nice", _history(3), "hello")
+    assert [m.role for m in prompt.messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert prompt.dropped == 0
+    assert prompt.tokens == WordTokenizer().count_tokens(prompt.messages)
+    assert prompt.budget == 900
+
+
+def test_newest_whole_turns_are_kept_and_the_budget_is_exact() -> None:
+    tokenizer = WordTokenizer(200)
+    history = _history(10)  # each turn: 2 messages x (7 words + 3 overhead) = 20 tokens
+    system, text = "be nice", "hello"
+    base = tokenizer.count_tokens([ChatMessage("system", system), ChatMessage("user", text)])
+    for reserve in range(40, 120, 7):
+        builder = ContextBuilder(tokenizer, reserve=reserve)
+        prompt = builder.build(system, history, text)
+        assert prompt.tokens <= builder.budget
+        assert prompt.tokens == tokenizer.count_tokens(prompt.messages)
+        kept_turns = (builder.budget - base) // 20
+        assert prompt.dropped == len(history) - 2 * kept_turns
+        # the kept turns are the newest ones, in order, and start with a user message
+        assert prompt.messages[1:-1] == history[len(history) - 2 * kept_turns :]
+        # one more turn would not have fitted
+        more = history[len(history) - 2 * (kept_turns + 1) :]
+        if kept_turns < 10:
+            assert (
+                tokenizer.count_tokens([prompt.messages[0], *more, prompt.messages[-1]])
+                > builder.budget
+            )
+
+
+def test_system_prompt_is_always_kept() -> None:
+    builder = ContextBuilder(WordTokenizer(60), reserve=10)
+    prompt = builder.build("system words " * 10, _history(5), "hi")
+    assert prompt.messages[0].role == "system"
+    assert prompt.messages[-1] == ChatMessage("user", "hi")
+
+
+def test_message_longer_than_the_budget_is_refused_not_cut() -> None:
+    builder = ContextBuilder(WordTokenizer(100), reserve=20)
+    with pytest.raises(MessageTooLongError) as caught:
+        builder.build("sys", [], "word " * 200)
+    error = caught.value
+    assert error.budget == 80
+    assert error.tokens == 200 + 1 + 2 * 3 + 2
+    assert "too long" in str(error) and "80" in str(error)
+
+
+def test_exactly_full_budget_is_accepted() -> None:
+    tokenizer = WordTokenizer(100)
+    builder = ContextBuilder(tokenizer, reserve=20)
+    # system "s": 1+3, user: n+3, generation prompt: 2 -> n = 80 - 9 = 71 words fits exactly
+    assert builder.build("s", [], "w " * 71).tokens == 80
+    with pytest.raises(MessageTooLongError):
+        builder.build("s", [], "w " * 72)
+
+
+def test_window_setting_caps_the_model_window() -> None:
+    assert ContextBuilder(WordTokenizer(8192), reserve=100, window=1024).budget == 924
+    assert ContextBuilder(WordTokenizer(512), reserve=100, window=4096).window == 512
+
+
+def test_reserve_larger_than_window_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ContextBuilder(WordTokenizer(100), reserve=100)
+
+
+def test_split_turns_keeps_replies_with_their_question() -> None:
+    history = [
+        ChatMessage("assistant", "greeting"),
+        ChatMessage("user", "a"),
+        ChatMessage("user", "b"),
+        ChatMessage("assistant", "c"),
+        ChatMessage("system", "ignored"),
+    ]
+    assert [[m.content for m in t] for t in split_turns(history)] == [
+        ["greeting"],
+        ["a"],
+        ["b", "c"],
+    ]

@@ -1,0 +1,277 @@
+"""The engine on the fake backend: streaming, history, commands, errors, ordering within a
+conversation and concurrency across conversations, cancellation, hooks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatcore import hookimpl
+from chatcore.app import App, create_app
+from chatcore.engine import Engine, EngineNotStartedError
+from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
+from chatcore.generation.fake import FakeBackend
+from chatcore.generation.types import ChatMessage, GenerationError
+from chatcore.memory.inmemory import InMemoryConversationStore
+from tests.conftest import make_settings
+
+
+def msg(text: str, user: str = "alice", channel: str = "c1") -> Message:
+    return Message(text=text, user=user, channel=channel, platform="test")
+
+
+async def collect(events: AsyncIterator[ReplyEvent]) -> list[ReplyEvent]:
+    return [event async for event in events]
+
+
+async def test_reply_streams_chunks_then_a_final_reply(
+    fake_app: App, fake_backend: FakeBackend
+) -> None:
+    fake_backend.enqueue(["Hel", "lo", " there"])
+    message = msg("hi")
+    events = await collect(fake_app.engine.handle(message))
+    assert [e.text for e in events if isinstance(e, ReplyChunk)] == ["Hel", "lo", " there"]
+    assert [e.index for e in events if isinstance(e, ReplyChunk)] == [0, 1, 2]
+    final = events[-1]
+    assert isinstance(final, Reply)
+    assert final.text == "Hello there" and final.streamed and final.finish_reason == "stop"
+    assert final.message_id == message.id
+    assert final.usage.completion_tokens == 3
+
+
+async def test_history_is_kept_per_conversation(fake_app: App, fake_backend: FakeBackend) -> None:
+    engine = fake_app.engine
+    await collect(engine.handle(msg("first")))
+    await collect(engine.handle(msg("other user", user="bob")))
+    await collect(engine.handle(msg("second")))
+    prompt = fake_backend.calls[-1].messages
+    assert prompt == [
+        ChatMessage("system", "You are a helpful AI assistant."),
+        ChatMessage("user", "first"),
+        ChatMessage("assistant", "You said: first"),
+        ChatMessage("user", "second"),
+    ]
+
+
+async def test_generation_options_come_from_settings(isolated_env: Path) -> None:
+    settings = make_settings(isolated_env, generation={"max_new_tokens": 2, "stop": ["STOP"]})
+    backend = FakeBackend()
+    app = await create_app(settings, backend=backend)
+    await app.start()
+    backend.enqueue(["a", "b", "c", "d"])
+    events = await collect(app.engine.handle(msg("x")))
+    final = events[-1]
+    assert isinstance(final, Reply)
+    assert final.text == "ab" and final.finish_reason == "length"
+    backend.enqueue(["aST", "OP", "c"])
+    final = (await collect(app.engine.handle(msg("y"))))[-1]
+    assert isinstance(final, Reply)
+    assert final.text == "a" and final.finish_reason == "stop"
+    await app.close()
+
+
+async def test_too_long_message_is_refused_without_calling_the_model(isolated_env: Path) -> None:
+    backend = FakeBackend(context_window=100)
+    settings = make_settings(isolated_env, generation={"max_new_tokens": 20})
+    app = await create_app(settings, backend=backend)
+    await app.start()
+    events = await collect(app.engine.handle(msg("word " * 500)))
+    assert len(events) == 1
+    error = events[0]
+    assert isinstance(error, ReplyError) and error.code == "message_too_long"
+    assert "at most 80 fit" in error.text
+    assert backend.calls == []
+    assert await app.engine.store.history(msg("").conversation) == []
+    await app.close()
+
+
+async def test_old_turns_are_dropped_to_fit(isolated_env: Path) -> None:
+    backend = FakeBackend(context_window=80)
+    settings = make_settings(isolated_env, generation={"max_new_tokens": 10})
+    app = await create_app(settings, backend=backend)
+    await app.start()
+    for i in range(10):
+        await collect(app.engine.handle(msg(f"message number {i}")))
+    prompt = backend.calls[-1].messages
+    assert backend.tokenizer.count_tokens(prompt) <= 70
+    assert prompt[0].role == "system" and prompt[-1].content == "message number 9"
+    assert prompt[1].role == "user" and len(prompt) < 21
+    await app.close()
+
+
+async def test_commands(fake_app: App, fake_backend: FakeBackend) -> None:
+    engine = fake_app.engine
+    await collect(engine.handle(msg("remember me")))
+    (help_reply,) = await collect(engine.handle(msg("/help")))
+    assert isinstance(help_reply, Reply) and "/reset" in help_reply.text
+    assert not help_reply.streamed
+    (reset,) = await collect(engine.handle(msg("/reset")))
+    assert isinstance(reset, Reply) and "2 messages forgotten" in reset.text
+    assert await engine.store.history(msg("").conversation) == []
+    (unknown,) = await collect(engine.handle(msg("/frobnicate now")))
+    assert isinstance(unknown, ReplyError) and unknown.code == "unknown_command"
+    assert "/frobnicate" in unknown.text and "/help" in unknown.text
+    assert len(fake_backend.calls) == 1  # commands never reach the model
+
+
+async def test_a_failing_command_is_contained(fake_app: App) -> None:
+    from chatcore.commands import Command
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            register(Command("crash", "always fails", self.crash))
+
+        def crash(self, context: object) -> str:
+            raise RuntimeError("kaput")
+
+    fake_app.plugins.add_plugin(Broken(), "broken")
+    try:
+        await fake_app.plugins.collect("broken")
+        (error,) = await collect(fake_app.engine.handle(msg("/crash")))
+        assert isinstance(error, ReplyError) and error.code == "command_failed"
+        assert "kaput" in error.text
+    finally:
+        fake_app.plugins.remove_plugin("broken")
+
+
+async def test_backend_error_is_reported_and_the_user_message_kept(
+    fake_app: App, fake_backend: FakeBackend
+) -> None:
+    fake_backend.enqueue(["partial", GenerationError("the model server went away")])
+    events = await collect(fake_app.engine.handle(msg("hello")))
+    assert isinstance(events[0], ReplyChunk)
+    error = events[-1]
+    assert isinstance(error, ReplyError) and error.code == "backend_error"
+    assert error.text == "the model server went away"
+    history = await fake_app.engine.store.history(msg("").conversation)
+    assert history == [ChatMessage("user", "hello"), ChatMessage("assistant", "partial")]
+
+
+async def test_unexpected_error_becomes_an_internal_error_event(
+    fake_app: App, fake_backend: FakeBackend
+) -> None:
+    fake_backend.enqueue([ZeroDivisionError("oops")])
+    (error,) = await collect(fake_app.engine.handle(msg("hello")))
+    assert isinstance(error, ReplyError) and error.code == "internal_error"
+    (ok,) = [e for e in await collect(fake_app.engine.handle(msg("again"))) if isinstance(e, Reply)]
+    assert ok.text == "You said: again"
+
+
+async def test_messages_of_one_conversation_are_handled_in_arrival_order(
+    isolated_env: Path,
+) -> None:
+    backend = FakeBackend(delay=0.01)
+    app = await create_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    streams = [app.engine.handle(msg(f"m{i}")) for i in range(4)]
+    # consume in reverse: handling order must still be arrival order
+    results = [await collect(s) for s in reversed(streams)]
+    assert all(isinstance(r[-1], Reply) for r in results)
+    assert [c.messages[-1].content for c in backend.calls] == ["m0", "m1", "m2", "m3"]
+    # each prompt saw the complete previous turn
+    assert backend.calls[3].messages[-2] == ChatMessage("assistant", "You said: m2")
+    assert backend.max_active == 1
+    await app.close()
+
+
+async def test_different_conversations_run_concurrently(isolated_env: Path) -> None:
+    backend = FakeBackend(delay=0.02)
+    app = await create_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    users = ["a", "b", "c"]
+    results = await asyncio.gather(*(collect(app.engine.handle(msg("hi", user=u))) for u in users))
+    assert backend.max_active == 3
+    assert all(isinstance(r[-1], Reply) for r in results)
+    await app.close()
+
+
+async def test_closing_the_stream_stops_generation_and_keeps_the_partial_reply(
+    isolated_env: Path,
+) -> None:
+    backend = FakeBackend(delay=0.01)
+    app = await create_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    backend.enqueue(["one", " two", " three", " four", " five"])
+    events = app.engine.handle(msg("count"))
+    first = await anext(events)
+    assert isinstance(first, ReplyChunk) and first.text == "one"
+    await events.aclose()
+    # the next message of the conversation waits for the cancelled one to be stored
+    final = (await collect(app.engine.handle(msg("next"))))[-1]
+    assert isinstance(final, Reply)
+    history = await app.engine.store.history(msg("").conversation)
+    assert history[0] == ChatMessage("user", "count")
+    assert history[1].role == "assistant" and history[1].content.startswith("one")
+    assert "five" not in history[1].content
+    assert backend.active == 0
+    await app.close()
+
+
+async def test_cancelling_the_consumer_task_stops_the_reply(isolated_env: Path) -> None:
+    backend = FakeBackend(delay=0.05)
+    app = await create_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    backend.enqueue(["w"] * 100)
+    consumer = asyncio.create_task(collect(app.engine.handle(msg("long"))))
+    await asyncio.sleep(0.12)
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    final = (await collect(app.engine.handle(msg("after"))))[-1]
+    assert isinstance(final, Reply) and final.text == "You said: after"
+    assert backend.active == 0
+    await app.close()
+
+
+async def test_hooks_see_messages_and_replies_and_extend_the_system_prompt(
+    fake_app: App, fake_backend: FakeBackend
+) -> None:
+    seen: list[str] = []
+
+    class Observer:
+        @hookimpl
+        async def message_received(self, message: Message) -> None:
+            seen.append(f"in:{message.text}")
+
+        @hookimpl
+        def extend_system_prompt(self, message: Message) -> str:
+            return f"The user is {message.user}."
+
+        @hookimpl
+        def reply_finished(self, message: Message, reply: Reply) -> None:
+            seen.append(f"out:{reply.text}")
+            raise RuntimeError("a broken observer must not break the reply")
+
+    fake_app.plugins.add_plugin(Observer(), "observer")
+    try:
+        events = await collect(fake_app.engine.handle(msg("hey")))
+        assert isinstance(events[-1], Reply)
+        await collect(fake_app.engine.handle(msg("/help")))
+    finally:
+        fake_app.plugins.remove_plugin("observer")
+    assert seen == ["in:hey", "out:You said: hey", "in:/help"]
+    system = fake_backend.calls[0].messages[0]
+    assert system == ChatMessage("system", "You are a helpful AI assistant.\n\nThe user is alice.")
+
+
+async def test_handle_before_start_is_a_clear_error(isolated_env: Path) -> None:
+    engine = Engine(make_settings(isolated_env), FakeBackend(), InMemoryConversationStore())
+    with pytest.raises(EngineNotStartedError, match="start"):
+        engine.handle(msg("hi"))
+
+
+async def test_history_limit_bounds_memory(isolated_env: Path) -> None:
+    app = await create_app(
+        make_settings(isolated_env, context={"history_limit": 4}), backend=FakeBackend()
+    )
+    await app.start()
+    for i in range(5):
+        await collect(app.engine.handle(msg(f"m{i}")))
+    history = await app.engine.store.history(msg("").conversation)
+    assert [m.content for m in history] == ["m3", "You said: m3", "m4", "You said: m4"]
+    await app.close()
