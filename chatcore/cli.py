@@ -177,3 +177,7 @@ def _to_toml(data: dict[str, Any]) -> str:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -173,7 +173,7 @@ class _SecretSettings(BaseModel):
 
 
 def test_secrets_are_masked() -> None:
-    shown = masked_settings(_SecretSettings(discord=_WithSecret(token=SecretStr("abc"))))  # type: ignore[arg-type]
+    shown = masked_settings(_SecretSettings(discord=_WithSecret(token=SecretStr("abc"))))
     assert shown == {"discord": {"token": "********", "name": "bot"}}
     assert "abc" not in repr(shown)
 

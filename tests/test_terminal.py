@@ -1,0 +1,160 @@
+"""The terminal adapter: piped mode (scriptable), interactive mode through prompt_toolkit's pipe
+input, Ctrl-C stopping a reply, and the real ``chatcore chat`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from typer.testing import CliRunner
+
+from chatcore.adapters.terminal import TerminalAdapter, login_name
+from chatcore.app import AdapterContext, App, create_app
+from chatcore.cli import app as cli
+from chatcore.events import ConversationKey
+from chatcore.generation.fake import FakeBackend
+from chatcore.generation.types import ChatMessage
+from tests.conftest import make_settings
+
+runner = CliRunner()
+
+
+def test_piped_chat_prints_each_reply_and_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    result = runner.invoke(cli, ["chat"], input="Hello there\n\n/help\nsecond line\n")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "You said: Hello there"
+    assert "  /reset - forget this conversation and start over" in lines
+    assert lines[-1] == "You said: second line"
+
+
+def test_piped_chat_joins_continued_lines_and_stops_at_quit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    result = runner.invoke(cli, ["chat"], input="one \\\ntwo\n/quit\nnever sent\n")
+    assert result.exit_code == 0
+    assert result.stdout == "You said: one \ntwo\n"
+
+
+def test_piped_chat_reports_errors_on_stderr_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    result = runner.invoke(cli, ["chat"], input="/nope\nhello\n")
+    assert result.exit_code == 1
+    assert "error: Unknown command /nope" in result.stderr
+    assert result.stdout == "You said: hello\n"
+
+
+def test_unknown_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "nonesuch")
+    result = runner.invoke(cli, ["chat"], input="hi\n")
+    assert result.exit_code == 2
+    assert "no backend named 'nonesuch'; available: fake, transformers" in result.stderr
+
+
+@pytest.fixture
+async def app(isolated_env: Path) -> AsyncIterator[App]:
+    app = await create_app(make_settings(isolated_env), backend=FakeBackend(delay=0.005))
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+@pytest.fixture
+def pipe() -> Iterator[PipeInput]:
+    with create_pipe_input() as pipe_input:
+        yield pipe_input
+
+
+def _adapter(app: App, pipe: PipeInput, out: io.StringIO, **options: object) -> TerminalAdapter:
+    context = AdapterContext(app.settings, app.engine, app.start)
+    return TerminalAdapter(
+        context,
+        stdout=out,
+        stderr=io.StringIO(),
+        interactive=True,
+        prompt_input=pipe,
+        prompt_output=DummyOutput(),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_interactive_chat_streams_and_keeps_history(
+    app: App, pipe: PipeInput, isolated_env: Path
+) -> None:
+    out = io.StringIO()
+    adapter = _adapter(app, pipe, out, user="bob")
+    pipe.send_text("hello\r")
+    pipe.send_text("line one\x1b\rline two\r")  # Esc-Enter inserts a newline
+    pipe.send_text("/help\r/quit\r")
+    assert await asyncio.wait_for(adapter.run(), 10) == 0
+    text = out.getvalue()
+    assert "bot> You said: hello\n" in text
+    assert "bot> You said: line one\nline two\n" in text
+    assert "Ctrl-C stops a reply" in text
+    history = await app.engine.store.history(ConversationKey("terminal", "terminal", "bob"))
+    assert history[2] == ChatMessage("user", "line one\nline two")
+    assert "hello" in (isolated_env / "terminal_history").read_text()
+
+
+async def test_interactive_chat_ends_on_ctrl_d(app: App, pipe: PipeInput) -> None:
+    out = io.StringIO()
+    adapter = _adapter(app, pipe, out)
+    pipe.send_text("hi\r\x04")
+    assert await asyncio.wait_for(adapter.run(), 10) == 0
+    assert adapter.user == login_name()
+    assert "You said: hi" in out.getvalue()
+
+
+async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe: PipeInput) -> None:
+    backend = FakeBackend(delay=0.02)
+    backend.enqueue([f" w{i}" for i in range(200)])
+    app = await create_app(make_settings(isolated_env), backend=backend)
+    out = io.StringIO()
+    adapter = _adapter(app, pipe, out)
+    pipe.send_text("talk a lot\r")
+    run = asyncio.create_task(adapter.run())
+    for _ in range(500):  # wait until the reply is streaming (bounded: 5 s)
+        if " w2" in out.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(500):
+        if "[stopped]" in out.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    pipe.send_text("after\r/quit\r")
+    assert await asyncio.wait_for(run, 10) == 0
+    text = out.getvalue()
+    assert "[stopped]" in text and " w199" not in text
+    assert "bot> You said: after" in text
+    assert backend.active == 0
+    await app.close()
+
+
+def test_real_process_piped(isolated_env: Path) -> None:
+    env = {**os.environ, "CHATCORE_MODEL__BACKEND": "fake", "CHATCORE_HOME": str(isolated_env)}
+    done = subprocess.run(
+        [sys.executable, "-m", "chatcore.cli", "chat", "--user", "carol"],
+        input="What is the capital of France?\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "You said: What is the capital of France?\n"
