@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,22 @@ async def fake_app(settings: Settings, fake_backend: FakeBackend) -> AsyncIterat
         yield app
     finally:
         await app.close()
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory shared by the whole session, so the embedded model converts once."""
+    return tmp_path_factory.mktemp("model-home")
+
+
+@pytest.fixture(scope="session")
+def embedded_backend(model_home: Path) -> Iterator[Any]:
+    """The real embedded model, loaded once per test session (greedy, small replies)."""
+    import asyncio
+
+    from chatcore.generation.local import TransformersBackend
+
+    backend = TransformersBackend.from_settings(Settings(home=str(model_home)))
+    asyncio.run(backend.load())
+    yield backend
+    asyncio.run(backend.close())
