@@ -78,7 +78,13 @@ class TerminalAdapter:
 
     async def _start(self) -> None:
         show = self.interactive or self.stderr.isatty()
-        status = self.errors.status("Loading the model…", spinner="dots") if show else nullcontext()
+        status = (
+            self.errors.status(
+                "Loading the model (the first start prepares it once, about 30 s)…", spinner="dots"
+            )
+            if show
+            else nullcontext()
+        )
         with status:
             await self.context.start()
 

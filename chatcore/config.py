@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -153,12 +154,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The loader passes the merged TOML files as init arguments; the environment wins.
+        # Arguments given in code win, then the environment; ``load_settings`` adds the files.
         if isinstance(env_settings, EnvSettingsSource):
             env_settings.env_vars = {
                 k: v for k, v in env_settings.env_vars.items() if k.lower() not in _NOT_SETTINGS
             }
-        return (env_settings, init_settings)
+        return (init_settings, env_settings)
 
     @property
     def home_path(self) -> Path:
@@ -202,10 +203,27 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         for loc in _leaf_paths(data):
             origin[loc] = path
         _deep_merge(merged, data)
+
+    class _FromFiles(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            first = super().settings_customise_sources(
+                settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+            )
+            return (*first, InitSettingsSource(settings_cls, init_kwargs=merged))
+
     try:
-        return Settings(**merged)
+        loaded = _FromFiles()
     except ValidationError as error:
         raise ConfigError(_describe(error, origin)) from None
+    return Settings.model_validate(dict(loaded))
 
 
 def masked_settings(settings: BaseModel) -> dict[str, Any]:

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from chatcore.app import App, create_app
 from chatcore.config import Settings
 from chatcore.generation.fake import FakeBackend
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -66,11 +70,15 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_backend(model_home: Path) -> Iterator[Any]:
     """The real embedded model, loaded once per test session (greedy, small replies)."""
-    import asyncio
-
     from chatcore.generation.local import TransformersBackend
 
     backend = TransformersBackend.from_settings(Settings(home=str(model_home)))
-    asyncio.run(backend.load())
+    run_in_thread(backend.load())
     yield backend
-    asyncio.run(backend.close())
+    run_in_thread(backend.close())
+
+
+def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` in a fresh event loop on another thread (leaves pytest's loops alone)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

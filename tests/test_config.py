@@ -186,3 +186,11 @@ def test_secrets_in_a_file_are_refused(tmp_path: Path) -> None:
     (line,) = caught.value.lines
     assert "discord.token is a secret" in line
     assert "CHATCORE_DISCORD__TOKEN" in line
+
+
+def test_arguments_given_in_code_win_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CHATCORE_HOME", str(tmp_path / "from-env"))
+    assert Settings(home=str(tmp_path / "from-code")).home_path == tmp_path / "from-code"
+    assert load_settings().home_path == tmp_path / "from-env"
