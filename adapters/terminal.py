@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import io
 import signal
 import sys
-from collections.abc import Callable
-from contextlib import aclosing, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import aclosing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -178,7 +179,8 @@ class TerminalAdapter:
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread or no signal support: Ctrl-C ends the program instead
         try:
-            await asyncio.wait([reply])
+            with _no_echo(self.stdin):  # keys typed meanwhile wait for the next prompt
+                await asyncio.wait([reply])
         finally:
             if restore is not None:
                 restore()
@@ -192,6 +194,7 @@ class TerminalAdapter:
         """Send one message and print its reply; False when the reply was an error."""
         message = Message(text=text, user=self.user, channel="terminal", platform=PLATFORM)
         ok = True
+        cut = False
         # In a terminal "bot> " is already on the line, so the reply must end it.
         at_line_start = not self.interactive
         async with aclosing(self.engine.handle(message)) as events:
@@ -201,8 +204,7 @@ class TerminalAdapter:
                     shown = event.text
                 elif isinstance(event, Reply):
                     shown = "" if event.streamed else event.text
-                    if event.finish_reason == "length":
-                        self.errors.print("[dim](reply cut at generation.max_new_tokens)[/]")
+                    cut = event.finish_reason == "length"
                 elif isinstance(event, ReplyError):
                     ok = False
                     if not at_line_start:
@@ -214,10 +216,39 @@ class TerminalAdapter:
                     self.stdout.write(shown)
                     self.stdout.flush()
                     at_line_start = shown.endswith("\n")
+        if cut:
+            if not at_line_start:
+                self.stdout.write("\n")
+                at_line_start = True
+            self.stdout.flush()
+            self.errors.print("[dim](reply cut at generation.max_new_tokens)[/]")
         if not at_line_start:
             self.stdout.write("\n")
         self.stdout.flush()
         return ok
+
+
+@contextmanager
+def _no_echo(stream: TextIO) -> Iterator[None]:
+    """Turn terminal echo off while a reply prints, so typed-ahead keys do not garble it."""
+    try:
+        import termios
+    except ImportError:  # not a POSIX terminal
+        yield
+        return
+    try:
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation, termios.error):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 @hookimpl

@@ -44,10 +44,6 @@ ConfigOption = Annotated[
 ]
 
 
-class UsageError(Exception):
-    """A problem the user can fix; printed as one line per problem, exit code 2."""
-
-
 def _fail(lines: list[str], code: int = 2) -> typer.Exit:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for line in lines:
@@ -109,7 +105,9 @@ def _run(settings: Settings, adapter_name: str, **options: Any) -> int:
 
     try:
         return asyncio.run(main())
-    except (PluginError, GenerationError, UsageError) as error:
+    except ConfigError as error:
+        raise _fail(error.lines) from None
+    except (PluginError, GenerationError) as error:
         raise _fail([f"error: {error}"]) from None
     except KeyboardInterrupt:
         return 130

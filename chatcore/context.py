@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chatcore.config import ConfigError
 from chatcore.generation.types import ChatMessage, ChatTokenizer
 
 
@@ -43,9 +44,12 @@ class ContextBuilder:
         self.reserve = reserve
         self.budget = self.window - reserve
         if self.budget <= 0:
-            raise ValueError(
-                f"generation.max_new_tokens ({reserve}) leaves no room for a prompt in the "
-                f"{self.window}-token context window; lower it or raise context.window"
+            raise ConfigError(
+                [
+                    f"config error: generation.max_new_tokens = {reserve} leaves no room for a "
+                    f"prompt in the {self.window}-token context window; lower it"
+                    + (" or raise context.window" if self.window < model_window else "")
+                ]
             )
         self.tokenizer = tokenizer
 

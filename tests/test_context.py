@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from chatcore.config import ConfigError
 from chatcore.context import ContextBuilder, MessageTooLongError, split_turns
 from chatcore.generation.fake import WordTokenizer
 from chatcore.generation.types import ChatMessage
@@ -81,8 +82,12 @@ def test_window_setting_caps_the_model_window() -> None:
 
 
 def test_reserve_larger_than_window_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(ConfigError) as caught:
         ContextBuilder(WordTokenizer(100), reserve=100)
+    assert caught.value.lines == [
+        "config error: generation.max_new_tokens = 100 leaves no room for a prompt in the "
+        "100-token context window; lower it"
+    ]
 
 
 def test_split_turns_keeps_replies_with_their_question() -> None:

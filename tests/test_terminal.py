@@ -57,6 +57,23 @@ def test_piped_chat_reports_errors_on_stderr_and_exits_1(
     assert result.stdout == "You said: hello\n"
 
 
+def test_cut_reply_is_flagged_on_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    monkeypatch.setenv("CHATCORE_GENERATION__MAX_NEW_TOKENS", "2")
+    result = runner.invoke(cli, ["chat"], input="one two three\n")
+    assert result.exit_code == 0
+    assert result.stdout == "You said:\n"
+    assert "(reply cut at generation.max_new_tokens)" in result.stderr
+
+
+def test_reply_budget_larger_than_the_window_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    monkeypatch.setenv("CHATCORE_GENERATION__MAX_NEW_TOKENS", "5000")
+    result = runner.invoke(cli, ["chat"], input="hi\n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("config error: generation.max_new_tokens = 5000")
+
+
 def test_unknown_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "nonesuch")
     result = runner.invoke(cli, ["chat"], input="hi\n")
