@@ -194,3 +194,11 @@ def test_arguments_given_in_code_win_over_the_environment(
     monkeypatch.setenv("CHATCORE_HOME", str(tmp_path / "from-env"))
     assert Settings(home=str(tmp_path / "from-code")).home_path == tmp_path / "from-code"
     assert load_settings().home_path == tmp_path / "from-env"
+
+
+def test_cli_version() -> None:
+    from chatcore import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"chatcore {__version__}"
