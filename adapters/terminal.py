@@ -10,7 +10,7 @@ import io
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import aclosing, contextmanager, nullcontext
+from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +20,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chatcore import hookimpl
 from chatcore.app import AdapterContext
@@ -78,15 +79,13 @@ class TerminalAdapter:
         return await self._run_piped()
 
     async def _start(self) -> None:
-        show = self.interactive or self.stderr.isatty()
-        status = (
-            self.errors.status(
-                "Loading the model (the first start prepares it once, about 30 s)…", spinner="dots"
-            )
-            if show
-            else nullcontext()
-        )
-        with status:
+        """Start the app (load the model) behind a spinner with the elapsed time."""
+        if not (self.interactive or self.stderr.isatty()):
+            await self.context.start()
+            return
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.errors, transient=True) as progress:
+            progress.add_task("Loading the model (the first start prepares it once, ~30 s)")
             await self.context.start()
 
     # -- piped: one message per line; a line ending in a backslash continues ----------------------

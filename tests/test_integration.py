@@ -101,4 +101,5 @@ def test_piped_chatcore_chat_answers(model_home: Path, embedded_backend: Any) ->
     )
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
+    assert done.stderr == ""  # no progress bars or warnings when scripted
     assert done.stdout.endswith("\n") and done.stdout.count("\n") >= 1

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -210,7 +210,7 @@ class TransformersBackend:
         dtype = torch.bfloat16 if self.model_settings.dtype == "bfloat16" else torch.float32
         started = time.perf_counter()
         try:
-            with _quiet_progress():  # a few seconds: no bar (the one-time conversion keeps its)
+            with model_files.quiet_progress():
                 hf_tokenizer = AutoTokenizer.from_pretrained(prepared.folder, local_files_only=True)
                 model = AutoModelForCausalLM.from_pretrained(
                     prepared.folder, dtype=dtype, local_files_only=True
@@ -340,20 +340,6 @@ class TransformersBackend:
             finish = "length"
         text = loaded.tokenizer.decode(generated) if beam else None
         return GenerateResult(generated, finish, text)
-
-
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' progress bars for a short load, restoring the previous setting."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _decoding_kwargs(options: GenerationSettings) -> dict[str, Any]:

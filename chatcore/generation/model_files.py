@@ -7,6 +7,7 @@ load that folder, which is about ten times faster than reading the GGUF again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -14,9 +15,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatcore.config import ModelSettings
 from chatcore.generation.types import GenerationError, ModelNotFoundError
@@ -149,6 +151,32 @@ def is_complete(folder: Path) -> bool:
     )
 
 
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide transformers' progress bars (adapters show their own progress around ``load``).
+
+    Call only from the backend's single worker thread: the settings it flips are global.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    # The GGUF reader uses a bare tqdm that ignores the setting above: silence it the same way.
+    gguf_utils: Any = None
+    with contextlib.suppress(ImportError):
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bare_tqdm = getattr(gguf_utils, "tqdm", None)
+    if bare_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(bare_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if bare_tqdm is not None:
+            gguf_utils.tqdm = bare_tqdm
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def prepare_model(location: ModelLocation, home: Path) -> PreparedModel:
     """A transformers folder for ``location``, converting a GGUF file once into the cache.
 
@@ -169,7 +197,8 @@ def prepare_model(location: ModelLocation, home: Path) -> PreparedModel:
         target,
     )
     started = time.perf_counter()
-    convert_gguf(location, target)
+    with quiet_progress():
+        convert_gguf(location, target)
     log.info("converted the model in %.1f s", time.perf_counter() - started)
     return PreparedModel(target, location, converted=True)
 
