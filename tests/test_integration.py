@@ -101,5 +101,6 @@ def test_piped_chatcore_chat_answers(model_home: Path, embedded_backend: Any) ->
     )
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
-    assert done.stderr == ""  # no progress bars or warnings when scripted
+    # no progress bars or warnings when scripted: at most the notice that the reply was cut
+    assert done.stderr in ("", "(reply cut at generation.max_new_tokens)\n")
     assert done.stdout.endswith("\n") and done.stdout.count("\n") >= 1
