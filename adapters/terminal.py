@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import getpass
 import io
+import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,6 +27,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from chatcore import hookimpl
 from chatcore.app import AdapterContext
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "terminal"
 QUIT_COMMANDS = {"/quit", "/exit"}
@@ -91,12 +95,14 @@ class TerminalAdapter:
     # -- piped: one message per line; a line ending in a backslash continues ----------------------
 
     async def _run_piped(self) -> int:
+        """Plain mode: one message per input line (a trailing backslash continues it)."""
         loop = asyncio.get_running_loop()
         failed = False
         pending: list[str] = []
+        lines = _read_lines(self.stdin, loop)
         while True:
-            line = await loop.run_in_executor(None, self.stdin.readline)
-            if not line:
+            line = await lines.get()
+            if line is None:
                 break
             line = line.rstrip("\n")
             if line.endswith("\\"):
@@ -186,6 +192,10 @@ class TerminalAdapter:
         if reply.cancelled():
             self.stdout.write("\n[stopped]\n")
             self.stdout.flush()
+        elif reply.exception() is not None:
+            error = reply.exception()
+            log.error("the reply could not be shown", exc_info=error)
+            self.errors.print(f"error: the reply could not be shown: {error}", markup=False)
 
     # -- one message ----------------------------------------------------------------------------
 
@@ -225,6 +235,25 @@ class TerminalAdapter:
             self.stdout.write("\n")
         self.stdout.flush()
         return ok
+
+
+def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
+    """Read ``stream`` line by line in a daemon thread (None at the end), so a blocked read
+    never keeps the program from exiting on Ctrl-C."""
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def pump() -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+        except (OSError, ValueError):
+            pass  # the stream was closed under us: treat it as the end
+        finally:
+            with suppress(RuntimeError):  # the event loop is already gone
+                loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=pump, name="chatcore-stdin", daemon=True).start()
+    return lines
 
 
 @contextmanager

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from chatcore.config import Settings
+from chatcore.config import ConfigError, Settings
 from chatcore.engine import Engine
-from chatcore.generation.types import Backend
+from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.inmemory import InMemoryConversationStore
 from chatcore.plugins import PluginError, PluginHost
 
@@ -50,7 +50,18 @@ class App:
     async def start(self) -> None:
         """Load the model and tell plugins the app started; idempotent."""
         if not self._started:
-            await self.engine.start()
+            try:
+                await self.engine.start()
+            except (ConfigError, GenerationError, PluginError):
+                raise
+            except Exception as error:
+                name = self.settings.model.backend
+                owner = ""
+                if name in self.plugins.backends:
+                    owner = f" (plugin {self.plugins.backends.owner(name)!r})"
+                raise PluginError(
+                    f"backend {name!r}{owner} failed to load: {type(error).__name__}: {error}"
+                ) from error
             await self.plugins.call("startup", settings=self.settings)
             self._started = True
 
@@ -62,9 +73,15 @@ class App:
     def adapter(self, name: str, **options: Any) -> Adapter:
         """Create the adapter a plugin registered as ``name``."""
         factory = self.plugins.adapters.get(name)
-        adapter = factory(AdapterContext(self.settings, self.engine, self.start), **options)
+        owner = self.plugins.adapters.owner(name)
+        try:
+            adapter = factory(AdapterContext(self.settings, self.engine, self.start), **options)
+        except Exception as error:
+            raise PluginError(
+                f"adapter {name!r} (plugin {owner!r}) failed to start: "
+                f"{type(error).__name__}: {error}"
+            ) from error
         if not isinstance(adapter, Adapter):
-            owner = self.plugins.adapters.owner(name)
             raise PluginError(f"adapter {name!r} from plugin {owner!r} has no `async run()`")
         return adapter
 
@@ -78,7 +95,16 @@ async def create_app(
         plugins = PluginHost()
         await plugins.load(settings)
     if backend is None:
-        factory = plugins.backends.get(settings.model.backend)
-        backend = factory(settings)
+        name = settings.model.backend
+        factory = plugins.backends.get(name)
+        try:
+            backend = factory(settings)
+        except (ConfigError, GenerationError, PluginError):
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"backend {name!r} (plugin {plugins.backends.owner(name)!r}) failed to start: "
+                f"{type(error).__name__}: {error}"
+            ) from error
     store = InMemoryConversationStore(limit=settings.context.history_limit)
     return App(settings, plugins, Engine(settings, backend, store, plugins))

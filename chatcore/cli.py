@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatcore import __version__
-from chatcore.config import ConfigError, Settings, load_settings, masked_settings
+from chatcore.config import ConfigError, Settings, load_settings, mask_url, masked_settings
 from chatcore.generation.types import GenerationError
 from chatcore.plugins import PluginError, PluginHost
 
@@ -122,7 +122,7 @@ def config_show(
     settings = _settings(config)
     data = masked_settings(settings)
     data["home"] = str(settings.home_path)
-    data["storage"]["url"] = settings.storage_url
+    data["storage"]["url"] = mask_url(settings.storage_url)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

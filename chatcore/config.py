@@ -7,6 +7,7 @@ variables. Secrets (``SecretStr`` fields) are accepted only from the environment
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -23,6 +24,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 ENV_PREFIX = "CHATCORE_"
@@ -191,15 +193,19 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     files = [default_config_path()]
     if config_file is not None:
         path = Path(config_file).expanduser()
+        if path.is_dir():
+            raise ConfigError([f"config error: config file {path} is a directory, not a file"])
         if not path.is_file():
             raise ConfigError([f"config error: config file {path} does not exist"])
         files.append(path)
+    _check_environment(os.environ)
 
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], Path] = {}
     for path in files:
         data = _read_toml(path)
         _reject_secrets_in_file(data, path)
+        _reject_url_password_in_file(data, path)
         for loc in _leaf_paths(data):
             origin[loc] = path
         _deep_merge(merged, data)
@@ -223,7 +229,79 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         loaded = _FromFiles()
     except ValidationError as error:
         raise ConfigError(_describe(error, origin)) from None
+    except SettingsError as error:  # a value the environment source could not parse
+        raise ConfigError([f"config error: {error}"]) from None
     return Settings.model_validate(dict(loaded))
+
+
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+]*://[^:/@]*:)([^@/]+)(@)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``********``."""
+    return _URL_PASSWORD.sub(r"\1********\3", url)
+
+
+def _reject_url_password_in_file(data: Mapping[str, Any], path: Path) -> None:
+    storage = data.get("storage")
+    url = storage.get("url") if isinstance(storage, Mapping) else None
+    if isinstance(url, str) and _URL_PASSWORD.match(url):
+        raise ConfigError(
+            [
+                f"config error: storage.url in {path} contains a password; set the whole URL "
+                f"in the environment variable {ENV_PREFIX}STORAGE__URL instead, or use the "
+                "database's own password file (for PostgreSQL, ~/.pgpass)"
+            ]
+        )
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Catch what pydantic-settings would ignore or crash on: misspelled ``CHATCORE_*``
+    variables, and list or table values that are not JSON."""
+    lines = []
+    sections = ", ".join(Settings.model_fields)
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or name.lower() in _NOT_SETTINGS:
+            continue
+        loc = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
+        model: type[BaseModel] = Settings
+        for depth, part in enumerate(loc):
+            field = model.model_fields.get(part)
+            if field is None:
+                if depth == 0:
+                    lines.append(
+                        f"config error: unknown environment variable {name}; settings are "
+                        f"CHATCORE_SECTION__KEY (two underscores), sections: {sections}"
+                    )
+                break  # an unknown key inside a section is reported by validation
+            annotation = field.annotation
+            nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            if nested and depth + 1 < len(loc):
+                model = annotation  # type: ignore[assignment]
+                continue
+            if depth + 1 == len(loc) and _is_structured(annotation) and not _is_json(value):
+                example = '\'["a", "b"]\'' if "tuple" in str(annotation) else "a JSON object"
+                lines.append(
+                    f"config error: {'.'.join(loc)} = {value!r} (from environment variable "
+                    f"{name}): must be JSON in the environment, e.g. {example}"
+                )
+            break
+    if lines:
+        raise ConfigError(lines)
+
+
+def _is_structured(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return str(annotation).startswith(("tuple", "list", "dict"))
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
 
 
 def masked_settings(settings: BaseModel) -> dict[str, Any]:
@@ -306,8 +384,10 @@ def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) ->
     for item in error.errors():
         loc = tuple(str(part) for part in item["loc"])
         key = ".".join(loc)
-        env = ENV_PREFIX + "__".join(loc).upper()
-        if any(name.upper() == env for name in os.environ):
+        present = {name.upper() for name in os.environ}
+        candidates = (ENV_PREFIX + "__".join(loc[:n]).upper() for n in range(len(loc), 0, -1))
+        env = next((name for name in candidates if name in present), None)
+        if env is not None:
             source = f"from environment variable {env}"
         else:
             found = next(

@@ -24,6 +24,18 @@ class MessageTooLongError(Exception):
         )
 
 
+class SystemPromptTooLongError(Exception):
+    """The system prompt (with what plugins added) leaves no room for any message."""
+
+    def __init__(self, tokens: int, budget: int) -> None:
+        self.tokens, self.budget = tokens, budget
+        super().__init__(
+            f"The system prompt (context.system_prompt plus what plugins added) takes {tokens} "
+            f"tokens, and at most {budget} fit with a message; shorten it, lower "
+            "generation.max_new_tokens or raise context.window."
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Prompt:
     """A prompt ready for a backend, with its exact size."""
@@ -58,6 +70,9 @@ class ContextBuilder:
         whole turns of ``history`` as fit, then the new user message."""
         head = [ChatMessage("system", system_prompt)] if system_prompt else []
         tail = [ChatMessage("user", text)]
+        bare = self.tokenizer.count_tokens([*head, ChatMessage("user", "")])
+        if bare >= self.budget:
+            raise SystemPromptTooLongError(bare, self.budget)
         smallest = self.tokenizer.count_tokens([*head, *tail])
         if smallest > self.budget:
             raise MessageTooLongError(smallest, self.budget, self.window, self.reserve)

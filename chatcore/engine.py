@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from chatcore.commands import CommandContext, parse_command
 from chatcore.config import Settings
-from chatcore.context import ContextBuilder, MessageTooLongError
+from chatcore.context import ContextBuilder, MessageTooLongError, SystemPromptTooLongError
 from chatcore.events import (
     ConversationKey,
     FinishReason,
@@ -31,6 +33,31 @@ from chatcore.plugins import PluginHost, resolve
 log = logging.getLogger(__name__)
 
 _END = None
+STOPPED = "The reply was stopped before it finished."
+
+
+@dataclass(eq=False)
+class _Request:
+    """One message being handled, and the queue its events go out through."""
+
+    message: Message
+    events: asyncio.Queue[ReplyEvent | None] = field(default_factory=asyncio.Queue)
+    answered: bool = False
+    """The final ``Reply`` or ``ReplyError`` was queued."""
+    ended: bool = False
+
+    def emit(self, event: ReplyEvent) -> None:
+        if isinstance(event, Reply | ReplyError):
+            self.answered = True
+        self.events.put_nowait(event)
+
+    def end(self) -> None:
+        """Close the stream, with a ``ReplyError`` first if no final event went out."""
+        if not self.ended:
+            if not self.answered:
+                self.emit(ReplyError(self.message.id, "cancelled", STOPPED))
+            self.ended = True
+            self.events.put_nowait(_END)
 
 
 class EngineNotStartedError(RuntimeError):
@@ -53,6 +80,8 @@ class Engine:
         self.plugins = plugins or PluginHost()
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._start_lock = asyncio.Lock()
 
     @property
@@ -73,68 +102,74 @@ class Engine:
                 )
 
     async def close(self) -> None:
-        """Stop work in flight, then close the backend and the store."""
-        tasks = list(self._tails.values())
+        """Stop every message in flight or queued, then close the backend and the store."""
+        self._closed = True
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        await self.backend.close()
-        await self.store.close()
+        for name, part in (("backend", self.backend), ("store", self.store)):
+            try:
+                await part.close()
+            except Exception:  # shutting down: report, and close the rest anyway
+                log.exception("closing the %s failed", name)
 
     def handle(self, message: Message) -> AsyncGenerator[ReplyEvent, None]:
         """Start handling ``message`` now and return its reply events: zero or more
-        ``ReplyChunk``, then one ``Reply`` or ``ReplyError``.
+        ``ReplyChunk``, then exactly one ``Reply`` or ``ReplyError``.
 
         Work starts at once, queued behind earlier messages of the same conversation, so the
-        order of ``handle`` calls is the order of handling. Closing the returned iterator early
-        stops the reply; what was generated so far is kept in the conversation.
+        order of ``handle`` calls is the order of handling. Closing the returned iterator before
+        the final event stops the reply; what was generated so far is kept in the conversation.
         """
         self.context  # noqa: B018 - fail here, in the caller, when not started
+        if self._closed:
+            raise EngineNotStartedError("the engine was closed")
         key = message.conversation
-        events: asyncio.Queue[ReplyEvent | None] = asyncio.Queue()
-        previous = self._tails.get(key)
-        task = asyncio.create_task(self._process(message, previous, events))
+        request = _Request(message)
+        task = asyncio.create_task(self._process(request, self._tails.get(key)))
         self._tails[key] = task
-        task.add_done_callback(lambda done: self._forget(key, done))
-        return self._drain(task, events)
+        self._tasks.add(task)
+        task.add_done_callback(partial(self._finished, key, request))
+        return self._drain(task, request)
 
-    def _forget(self, key: ConversationKey, task: asyncio.Task[None]) -> None:
+    def _finished(self, key: ConversationKey, request: _Request, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
         if self._tails.get(key) is task:
             del self._tails[key]
+        request.end()  # also when the task was cancelled before it ever ran
 
     async def _drain(
-        self, task: asyncio.Task[None], events: asyncio.Queue[ReplyEvent | None]
+        self, task: asyncio.Task[None], request: _Request
     ) -> AsyncGenerator[ReplyEvent, None]:
         try:
-            while (event := await events.get()) is not _END:
+            while (event := await request.events.get()) is not _END:
                 yield event
         finally:
-            if not task.done():
+            # A reader that leaves before the final event stops the reply; one that leaves
+            # after it lets the after-reply hooks finish.
+            if not task.done() and not request.answered:
                 task.cancel()
 
-    async def _process(
-        self,
-        message: Message,
-        previous: asyncio.Task[None] | None,
-        events: asyncio.Queue[ReplyEvent | None],
-    ) -> None:
+    async def _process(self, request: _Request, previous: asyncio.Task[None] | None) -> None:
+        message = request.message
         try:
             if previous is not None:
                 await asyncio.wait([previous])
             await self.plugins.call("message_received", message=message)
             command = parse_command(message.text)
             if command is not None:
-                events.put_nowait(await self._run_command(message, *command))
+                request.emit(await self._run_command(message, *command))
             else:
-                await self._chat(message, events)
+                await self._chat(request)
         except Exception:
             log.exception("failed to handle message %s", message.id)
-            events.put_nowait(
+            request.emit(
                 ReplyError(message.id, "internal_error", "Something went wrong; it was logged.")
             )
         finally:
-            events.put_nowait(_END)
+            request.end()
 
     async def _run_command(self, message: Message, name: str, args: str) -> Reply | ReplyError:
         registry = self.plugins.commands
@@ -151,7 +186,8 @@ class Engine:
             return ReplyError(message.id, "command_failed", f"/{name} failed: {error}")
         return Reply(message.id, str(text))
 
-    async def _chat(self, message: Message, events: asyncio.Queue[ReplyEvent | None]) -> None:
+    async def _chat(self, request: _Request) -> None:
+        message = request.message
         key = message.conversation
         history = await self.store.history(key)
         extras = await self.plugins.call("extend_system_prompt", message=message)
@@ -159,20 +195,24 @@ class Engine:
         try:
             prompt = self.context.build(system.strip(), history, message.text)
         except MessageTooLongError as error:
-            events.put_nowait(ReplyError(message.id, "message_too_long", str(error)))
+            request.emit(ReplyError(message.id, "message_too_long", str(error)))
+            return
+        except SystemPromptTooLongError as error:
+            log.error("conversation %s: %s", key, error)
+            request.emit(ReplyError(message.id, "internal_error", str(error)))
             return
         if prompt.dropped:
             log.info("conversation %s: %d old messages left out", key, prompt.dropped)
 
         parts: list[str] = []
-        finish: FinishReason = "cancelled"
+        finish: FinishReason = "stop"
         usage = Usage(prompt.tokens, 0)
         try:
             stream = self.backend.stream(prompt.messages, self.settings.generation)
             try:
                 async for chunk in stream:
                     if chunk.text:
-                        events.put_nowait(ReplyChunk(message.id, chunk.text, len(parts)))
+                        request.emit(ReplyChunk(message.id, chunk.text, len(parts)))
                         parts.append(chunk.text)
                     if chunk.finish_reason is not None:
                         finish = chunk.finish_reason
@@ -180,7 +220,7 @@ class Engine:
             finally:
                 await _close_stream(stream)
         except GenerationError as error:
-            events.put_nowait(ReplyError(message.id, "backend_error", str(error)))
+            request.emit(ReplyError(message.id, "backend_error", str(error)))
             return
         finally:
             # Nothing is lost: the user's message stays, and so does a partial reply.
@@ -190,7 +230,7 @@ class Engine:
                 turn.append(ChatMessage("assistant", text))
             await self.store.append(key, turn)
         reply = Reply(message.id, text, finish, usage, streamed=True)
-        events.put_nowait(reply)
+        request.emit(reply)
         await self.plugins.call("reply_finished", message=message, reply=reply)
 
 

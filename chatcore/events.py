@@ -92,6 +92,7 @@ ErrorCode = Literal[
     "command_failed",
     "backend_error",
     "internal_error",
+    "cancelled",
 ]
 
 

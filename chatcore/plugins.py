@@ -137,10 +137,13 @@ class PluginHost:
         points = entry_points(group=ENTRY_POINT_GROUP) if installed is None else installed
         for point in points:
             source = _describe_entry_point(point)
-            if point.name in self.infos:
-                self._fail(point.name, source, f"a plugin named {point.name!r} is already loaded")
-            elif point.name in disabled or (allow is not None and point.name not in allow):
-                self.infos[point.name] = PluginInfo(point.name, source, status="disabled")
+            if point.name in disabled or (allow is not None and point.name not in allow):
+                if point.name not in self.infos:
+                    self.infos[point.name] = PluginInfo(point.name, source, status="disabled")
+            elif point.name in self.infos:
+                # Never displace the plugin that holds the name (a built-in loads first).
+                key = f"{point.name} ({source})"
+                self._fail(key, source, f"a plugin named {point.name!r} is already loaded")
             else:
                 self._import_and_add(point.name, source, point.load)
         await self._collect_registrations()
@@ -235,6 +238,13 @@ class PluginHost:
         skipped."""
         results: list[tuple[str, Any]] = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                log.warning(
+                    "plugin %r: wrapper implementations of %s are not supported; skipped",
+                    impl.plugin_name,
+                    hook_name,
+                )
+                continue
             try:
                 args = {name: kwargs[name] for name in impl.argnames}
                 value = await resolve(impl.function(**args))

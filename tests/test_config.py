@@ -202,3 +202,61 @@ def test_cli_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.strip() == f"chatcore {__version__}"
+
+
+def test_database_password_is_masked_in_config_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_STORAGE__URL", "postgresql+psycopg://bot:hunter2@db:5432/chat")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0
+    assert "hunter2" not in result.stdout
+    assert tomllib.loads(result.stdout)["storage"]["url"] == (
+        "postgresql+psycopg://bot:********@db:5432/chat"
+    )
+
+
+def test_database_password_in_a_file_is_refused(tmp_path: Path) -> None:
+    user = tmp_path / "c.toml"
+    user.write_text('[storage]\nurl = "postgresql://bot:hunter2@db/chat"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(user)
+    assert "contains a password" in caught.value.lines[0]
+    assert "CHATCORE_STORAGE__URL" in caught.value.lines[0]
+    user.write_text('[storage]\nurl = "postgresql://bot@db/chat"\n')
+    assert load_settings(user).storage.url == "postgresql://bot@db/chat"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHATCORE_GENERATION__STOP", "foo", "generation.stop = 'foo'"),
+        ("CHATCORE_PLUGINS__DISABLED", "dice", "must be JSON in the environment"),
+        ("CHATCORE_LOGGING", "x", "logging = 'x'"),
+        ("CHATCORE_GENERATION_MAX_NEW_TOKENS", "5", "unknown environment variable"),
+        ("CHATCORE_GENERATION__MAX_TOKENS", "5", "generation.max_tokens"),
+    ],
+)
+def test_environment_mistakes_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("config error:") and expected in line
+
+
+def test_json_lists_in_the_environment_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_GENERATION__STOP", '["</s>", "User:"]')
+    assert load_settings().generation.stop == ("</s>", "User:")
+
+
+def test_table_value_blames_the_variable_that_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL", '{"dtype": "fp16"}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "(from environment variable CHATCORE_MODEL)" in caught.value.lines[0]
+
+
+def test_config_path_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(tmp_path)

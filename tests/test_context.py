@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from chatcore.config import ConfigError
-from chatcore.context import ContextBuilder, MessageTooLongError, split_turns
+from chatcore.context import (
+    ContextBuilder,
+    MessageTooLongError,
+    SystemPromptTooLongError,
+    split_turns,
+)
 from chatcore.generation.fake import WordTokenizer
 from chatcore.generation.types import ChatMessage
 
@@ -103,3 +108,10 @@ def test_split_turns_keeps_replies_with_their_question() -> None:
         ["a"],
         ["b", "c"],
     ]
+
+
+def test_an_oversized_system_prompt_is_blamed_not_the_message() -> None:
+    builder = ContextBuilder(WordTokenizer(100), reserve=20)
+    with pytest.raises(SystemPromptTooLongError) as caught:
+        builder.build("rule " * 90, [], "hi")
+    assert "system prompt" in str(caught.value) and caught.value.budget == 80

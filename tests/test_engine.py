@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -274,4 +275,69 @@ async def test_history_limit_bounds_memory(isolated_env: Path) -> None:
         await collect(app.engine.handle(msg(f"m{i}")))
     history = await app.engine.store.history(msg("").conversation)
     assert [m.content for m in history] == ["m3", "You said: m3", "m4", "You said: m4"]
+    await app.close()
+
+
+async def test_close_stops_queued_messages_and_ends_every_stream(isolated_env: Path) -> None:
+    backend = FakeBackend(delay=0.02)
+    app = await create_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    backend.enqueue(["w"] * 100)
+    streams = [app.engine.handle(msg(f"m{i}")) for i in range(3)]
+    first = await anext(streams[0])
+    assert isinstance(first, ReplyChunk)
+    await asyncio.wait_for(app.close(), 10)
+    assert len(backend.calls) == 1  # the queued messages never reached the model
+    for stream in streams:
+        events = await asyncio.wait_for(collect(stream), 10)
+        assert isinstance(events[-1], ReplyError) and events[-1].code == "cancelled"
+    with pytest.raises(EngineNotStartedError, match="closed"):
+        app.engine.handle(msg("too late"))
+
+
+async def test_close_right_after_handle_still_ends_the_stream(isolated_env: Path) -> None:
+    app = await create_app(make_settings(isolated_env), backend=FakeBackend())
+    await app.start()
+    stream = app.engine.handle(msg("hi"))
+    await app.close()
+    events = await asyncio.wait_for(collect(stream), 10)
+    assert len(events) == 1
+    assert isinstance(events[0], ReplyError) and events[0].code == "cancelled"
+
+
+async def test_after_reply_hooks_finish_when_the_reader_stops_at_the_reply(
+    fake_app: App,
+) -> None:
+    finished: list[str] = []
+
+    class Learner:
+        @hookimpl
+        async def reply_finished(self, message: Message, reply: Reply) -> None:
+            await asyncio.sleep(0.05)
+            finished.append(reply.text)
+
+    fake_app.plugins.add_plugin(Learner(), "learner")
+    try:
+        async with aclosing(fake_app.engine.handle(msg("teach me"))) as events:
+            async for event in events:
+                if isinstance(event, Reply):
+                    break
+        # the next message of the conversation waits for the hooks of the previous one
+        await collect(fake_app.engine.handle(msg("next")))
+    finally:
+        fake_app.plugins.remove_plugin("learner")
+    assert finished[0] == "You said: teach me"
+
+
+async def test_a_stream_without_finish_chunk_counts_as_stopped(isolated_env: Path) -> None:
+    class Minimal(FakeBackend):
+        async def stream(self, messages: Any, options: Any) -> AsyncIterator[Any]:
+            async for chunk in super().stream(messages, options):
+                if chunk.finish_reason is None:
+                    yield chunk
+
+    app = await create_app(make_settings(isolated_env), backend=Minimal())
+    await app.start()
+    final = (await collect(app.engine.handle(msg("hi"))))[-1]
+    assert isinstance(final, Reply) and final.finish_reason == "stop"
     await app.close()

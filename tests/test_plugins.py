@@ -247,3 +247,71 @@ def test_cli_plugins_lists_plugins_and_failures(
     table = CliRunner().invoke(app, ["plugins"])
     assert table.exit_code == 0
     assert "pinger" in table.stdout and "command: ping" in table.stdout
+
+
+async def test_installed_plugin_named_like_a_builtin_never_displaces_it(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin(tmp_path, monkeypatch, "commands", GOOD, dist_name="impostor")
+    host = await _loaded(settings)
+    assert host.infos["commands"].status == "loaded"
+    assert host.infos["commands"].source == "built-in"
+    assert host.commands.names() == ["help", "reset"]
+    (clash,) = [i for n, i in host.infos.items() if n.startswith("commands (impostor")]
+    assert clash.status == "failed" and "already loaded" in (clash.error or "")
+
+    monkeypatch.setenv("CHATCORE_PLUGINS", "")  # left out by the allowlist: not even reported
+    host = await _loaded(settings)
+    assert host.infos["commands"].status == "loaded"
+    assert not [n for n in host.infos if n.startswith("commands (")]
+
+
+async def test_wrapper_implementations_are_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def extend_system_prompt(self, message: object) -> Any:
+            return (yield)
+
+    host = PluginHost()
+    host.add_plugin(Wrapping(), "wrapping")
+    with caplog.at_level(logging.WARNING):
+        assert await host.call("extend_system_prompt", message=object()) == []
+    assert "wrapper implementations of extend_system_prompt are not supported" in caplog.text
+
+
+BAD_BACKEND = """
+from chatcore import hookimpl
+
+class Exploding:
+    name = "exploding"
+
+    async def load(self):
+        raise ValueError("no GPU here")
+
+def factory(settings):
+    if settings.generation.seed == 7:
+        raise KeyError("missing option")
+    return Exploding()
+
+@hookimpl
+def register_backends(register):
+    register("exploding", factory)
+"""
+
+
+def test_a_plugin_backend_that_fails_is_named_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin(tmp_path, monkeypatch, "boom", BAD_BACKEND)
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "exploding")
+    result = CliRunner().invoke(app, ["chat"], input="hi\n")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: backend 'exploding' (plugin 'boom') failed to load: ValueError: no GPU here"
+    )
+    monkeypatch.setenv("CHATCORE_GENERATION__SEED", "7")
+    result = CliRunner().invoke(app, ["chat"], input="hi\n")
+    assert result.exit_code == 2
+    assert "backend 'exploding' (plugin 'boom') failed to start: KeyError" in result.stderr

@@ -148,6 +148,9 @@ async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe:
         if " w2" in out.getvalue():
             break
         await asyncio.sleep(0.01)
+    if " w2" not in out.getvalue():  # never signal a process that has no handler for it
+        run.cancel()
+        pytest.fail("the reply did not start streaming")
     os.kill(os.getpid(), signal.SIGINT)
     for _ in range(500):
         if "[stopped]" in out.getvalue():

@@ -366,17 +366,44 @@ def _decoding_kwargs(options: GenerationSettings) -> dict[str, Any]:
     return kwargs
 
 
-def _make_streamer(tokenizer: LocalTokenizer, on_text: TextCallback) -> Any:
-    from transformers import TextStreamer
+class _TokenStreamer:
+    """A ``generate`` streamer that hands over new text after every token.
 
-    class _CallbackStreamer(TextStreamer):
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                on_text(text)
+    (transformers' ``TextStreamer`` waits for a space.) Text is decoded from the tokens of the
+    current line, so multi-token characters and leading spaces come out right; a token that
+    ends inside a multi-byte character is held until the character is complete.
+    """
 
-    # The streamer only calls ``decode``: give it ours, which holds the tokenizer's lock.
-    hf_like = cast("PreTrainedTokenizerBase", tokenizer)
-    return _CallbackStreamer(hf_like, skip_prompt=True, skip_special_tokens=True)
+    def __init__(self, tokenizer: LocalTokenizer, on_text: TextCallback) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.prompt_pending = True
+        self.line: list[int] = []
+        self.shown = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_pending:  # generate first passes the prompt
+            self.prompt_pending = False
+            return
+        self.line.extend(int(t) for t in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.line)
+        if text.endswith("\ufffd"):
+            return
+        new, self.shown = text[self.shown :], len(text)
+        if text.endswith("\n"):  # start a new line: keeps decoding cost flat
+            self.line, self.shown = [], 0
+        if new:
+            self.on_text(new)
+
+    def end(self) -> None:
+        rest = self.tokenizer.decode(self.line)[self.shown :] if self.line else ""
+        self.line, self.shown = [], 0
+        if rest:
+            self.on_text(rest)
+
+
+def _make_streamer(tokenizer: LocalTokenizer, on_text: TextCallback) -> _TokenStreamer:
+    return _TokenStreamer(tokenizer, on_text)
 
 
 class _Cancelled:
