@@ -234,6 +234,18 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     return Settings.model_validate(dict(loaded))
 
 
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The model of a field whose value is a section (a nested table), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _env_name(loc: tuple[str, ...]) -> str:
+    """The environment variable that sets the setting at ``loc``."""
+    return ENV_PREFIX + "__".join(loc).upper()
+
+
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+]*://[^:/@]*:)([^@/]+)(@)")
 
 
@@ -275,9 +287,9 @@ def _check_environment(environ: Mapping[str, str]) -> None:
                     )
                 break  # an unknown key inside a section is reported by validation
             annotation = field.annotation
-            nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            if nested and depth + 1 < len(loc):
-                model = annotation  # type: ignore[assignment]
+            nested = _section(annotation)
+            if nested is not None and depth + 1 < len(loc):
+                model = nested
                 continue
             if depth + 1 == len(loc) and _is_structured(annotation) and not _is_json(value):
                 example = '\'["a", "b"]\'' if "tuple" in str(annotation) else "a JSON object"
@@ -291,7 +303,7 @@ def _check_environment(environ: Mapping[str, str]) -> None:
 
 
 def _is_structured(annotation: Any) -> bool:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _section(annotation) is not None:
         return True
     return str(annotation).startswith(("tuple", "list", "dict"))
 
@@ -306,15 +318,11 @@ def _is_json(value: str) -> bool:
 
 def masked_settings(settings: BaseModel) -> dict[str, Any]:
     """The settings as plain data, with every secret replaced by ``'********'``."""
-    return _mask(settings)
-
-
-def _mask(model: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in type(model).model_fields:
-        value = getattr(model, name)
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
         if isinstance(value, BaseModel):
-            out[name] = _mask(value)
+            out[name] = masked_settings(value)
         elif isinstance(value, SecretStr):
             out[name] = "********" if value.get_secret_value() else ""
         elif isinstance(value, tuple):
@@ -339,8 +347,9 @@ def _secret_paths(
 ) -> Iterator[tuple[str, ...]]:
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _secret_paths(annotation, (*prefix, name))
+        nested = _section(annotation)
+        if nested is not None:
+            yield from _secret_paths(nested, (*prefix, name))
         elif annotation is SecretStr or "SecretStr" in str(annotation):
             yield (*prefix, name)
 
@@ -354,10 +363,9 @@ def _reject_secrets_in_file(
         for part in loc:
             node = node.get(part) if isinstance(node, Mapping) else None
         if node is not None:
-            env = ENV_PREFIX + "__".join(loc).upper()
             lines.append(
                 f"config error: {'.'.join(loc)} is a secret and must not be in {path}; "
-                f"remove it there and set the environment variable {env} instead"
+                f"remove it there and set the environment variable {_env_name(loc)} instead"
             )
     if lines:
         raise ConfigError(lines)
@@ -381,18 +389,17 @@ def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
 
 def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) -> list[str]:
     lines = []
+    present = {name.upper() for name in os.environ}
     for item in error.errors():
         loc = tuple(str(part) for part in item["loc"])
         key = ".".join(loc)
-        present = {name.upper() for name in os.environ}
-        candidates = (ENV_PREFIX + "__".join(loc[:n]).upper() for n in range(len(loc), 0, -1))
-        env = next((name for name in candidates if name in present), None)
+        # The value came from the longest prefix of its path that the environment or a file set.
+        prefixes = [loc[:n] for n in range(len(loc), 0, -1)]
+        env = next((_env_name(p) for p in prefixes if _env_name(p) in present), None)
+        found = next((origin[p] for p in prefixes if p in origin), None)
         if env is not None:
             source = f"from environment variable {env}"
         else:
-            found = next(
-                (origin[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origin), None
-            )
             source = f"from {found}" if found else "from defaults"
         if item["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
@@ -411,9 +418,8 @@ def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
     model: type[BaseModel] = Settings
     for part in loc:
         field = model.model_fields.get(part)
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        nested = _section(field.annotation) if field is not None else None
+        if nested is None:
             return []
-        model = field.annotation
+        model = nested
     return list(model.model_fields)
