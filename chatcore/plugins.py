@@ -157,12 +157,15 @@ class PluginHost:
 
     def remove_plugin(self, name: str) -> None:
         """Unregister a plugin and everything it registered."""
+        self._unregister(name)
+        self.infos.pop(name, None)
+
+    def _unregister(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
-        for registry in self._registries():
+        for registry in (self.backends, self.adapters, self.commands):
             registry.drop_owner(name)
-        self.infos.pop(name, None)
 
     async def collect(self, name: str) -> None:
         """Collect registrations of one plugin added with ``add_plugin`` after ``load``."""
@@ -188,9 +191,6 @@ class PluginHost:
             for hook in self.pm.get_hookcallers(plugin) or []
             if not hook.name.startswith("register_")
         )
-
-    def _registries(self) -> tuple[Registry[Any], ...]:
-        return (self.backends, self.adapters, self.commands)
 
     async def _collect_registrations(self, only: str | None = None) -> None:
         collectors: list[tuple[str, Registry[Any], Callable[..., tuple[str, Any]]]] = [
@@ -222,12 +222,8 @@ class PluginHost:
 
     def _disable(self, name: str, error: str) -> None:
         log.warning("plugin %r disabled: %s", name, error)
+        self._unregister(name)
         info = self.infos[name]
-        plugin = self.pm.get_plugin(name)
-        if plugin is not None:
-            self.pm.unregister(plugin)
-        for registry in self._registries():
-            registry.drop_owner(name)
         info.status, info.error, info.registered = "failed", error, {}
 
     # -- calling -------------------------------------------------------------------------------
