@@ -7,7 +7,8 @@ else, so they cannot reach storage, prompts or models.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,7 +16,7 @@ from chatcore.config import ConfigError, Settings
 from chatcore.engine import Engine
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.inmemory import InMemoryConversationStore
-from chatcore.plugins import PluginError, PluginHost
+from chatcore.plugins import PluginError, PluginHost, Registry
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,8 @@ class App:
     async def start(self) -> None:
         """Load the model and tell plugins the app started; idempotent."""
         if not self._started:
-            try:
+            with _blame(self.plugins.backends, self.settings.model.backend, "failed to load"):
                 await self.engine.start()
-            except (ConfigError, GenerationError, PluginError):
-                raise
-            except Exception as error:
-                name = self.settings.model.backend
-                owner = ""
-                if name in self.plugins.backends:
-                    owner = f" (plugin {self.plugins.backends.owner(name)!r})"
-                raise PluginError(
-                    f"backend {name!r}{owner} failed to load: {type(error).__name__}: {error}"
-                ) from error
             await self.plugins.call("startup", settings=self.settings)
             self._started = True
 
@@ -73,15 +64,10 @@ class App:
     def adapter(self, name: str, **options: Any) -> Adapter:
         """Create the adapter a plugin registered as ``name``."""
         factory = self.plugins.adapters.get(name)
-        owner = self.plugins.adapters.owner(name)
-        try:
+        with _blame(self.plugins.adapters, name, "failed to start"):
             adapter = factory(AdapterContext(self.settings, self.engine, self.start), **options)
-        except Exception as error:
-            raise PluginError(
-                f"adapter {name!r} (plugin {owner!r}) failed to start: "
-                f"{type(error).__name__}: {error}"
-            ) from error
         if not isinstance(adapter, Adapter):
+            owner = self.plugins.adapters.owner(name)
             raise PluginError(f"adapter {name!r} from plugin {owner!r} has no `async run()`")
         return adapter
 
@@ -97,14 +83,22 @@ async def create_app(
     if backend is None:
         name = settings.model.backend
         factory = plugins.backends.get(name)
-        try:
+        with _blame(plugins.backends, name, "failed to start"):
             backend = factory(settings)
-        except (ConfigError, GenerationError, PluginError):
-            raise
-        except Exception as error:
-            raise PluginError(
-                f"backend {name!r} (plugin {plugins.backends.owner(name)!r}) failed to start: "
-                f"{type(error).__name__}: {error}"
-            ) from error
     store = InMemoryConversationStore(limit=settings.context.history_limit)
     return App(settings, plugins, Engine(settings, backend, store, plugins))
+
+
+@contextmanager
+def _blame(registry: Registry[Any], name: str, what: str) -> Iterator[None]:
+    """Turn an unexpected error from plugin-supplied code into a ``PluginError`` that names the
+    plugin; errors that already say what to do pass through."""
+    try:
+        yield
+    except (ConfigError, GenerationError, PluginError):
+        raise
+    except Exception as error:
+        owner = f" (plugin {registry.owner(name)!r})" if name in registry else ""
+        raise PluginError(
+            f"{registry.kind} {name!r}{owner} {what}: {type(error).__name__}: {error}"
+        ) from error
