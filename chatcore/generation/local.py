@@ -66,12 +66,10 @@ class LocalTokenizer:
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.encode_chat(messages))
 
-    def decode(self, ids: int | Sequence[int], **kwargs: Any) -> str:
-        """The text of ``ids`` without special tokens (also what ``TextStreamer`` calls)."""
-        kwargs.setdefault("skip_special_tokens", True)
-        token_ids = [ids] if isinstance(ids, int) else list(ids)
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids`` without special tokens."""
         with self._lock:
-            return str(self.hf.decode(token_ids, **kwargs))
+            return str(self.hf.decode(list(ids), skip_special_tokens=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +310,7 @@ class TransformersBackend:
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
         stop_check = _StopStrings(loaded.tokenizer, options.stop, len(prompt_ids))
         beam = options.strategy == "beam"
-        streamer = None if beam or on_text is None else _make_streamer(loaded.tokenizer, on_text)
+        streamer = None if beam or on_text is None else _TokenStreamer(loaded.tokenizer, on_text)
         kwargs = _decoding_kwargs(options)
         from transformers import StoppingCriteriaList
 
@@ -400,10 +398,6 @@ class _TokenStreamer:
         self.line, self.shown = [], 0
         if rest:
             self.on_text(rest)
-
-
-def _make_streamer(tokenizer: LocalTokenizer, on_text: TextCallback) -> _TokenStreamer:
-    return _TokenStreamer(tokenizer, on_text)
 
 
 class _Cancelled:
