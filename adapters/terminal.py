@@ -115,8 +115,9 @@ class TerminalAdapter:
             if text in QUIT_COMMANDS:
                 break
             failed |= not await self._reply(text)
-        if pending and "\n".join(pending).strip():
-            failed |= not await self._reply("\n".join(pending).strip())
+        rest = "\n".join(pending).strip()  # input ended inside a continued line
+        if rest:
+            failed |= not await self._reply(rest)
         return 1 if failed else 0
 
     # -- interactive --------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,3 +84,16 @@ def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` in a fresh event loop on another thread (leaves pytest's loops alone)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def run_chatcore(args: list[str], stdin: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``chatcore ARGS`` as a real process with ``stdin`` piped in and ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatcore.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+        check=False,
+    )

@@ -3,9 +3,6 @@ the model's own tokenizer, and the piped ``chatcore chat`` process."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,7 @@ from chatcore.engine import Engine
 from chatcore.events import Message, Reply, ReplyChunk, ReplyEvent
 from chatcore.generation.types import ChatMessage
 from chatcore.memory.inmemory import InMemoryConversationStore
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_chatcore
 
 pytestmark = pytest.mark.model
 
@@ -85,19 +82,11 @@ def test_message_longer_than_the_window_is_refused(embedded_backend: Any) -> Non
 
 def test_piped_chatcore_chat_answers(model_home: Path, embedded_backend: Any) -> None:
     # embedded_backend first: the model is converted into model_home, so this start is fast
-    env = {
-        **os.environ,
-        "CHATCORE_HOME": str(model_home),
-        "CHATCORE_GENERATION__MAX_NEW_TOKENS": "32",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "chatcore.cli", "chat"],
-        input=f"{QUESTION}\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
+    done = run_chatcore(
+        ["chat"],
+        f"{QUESTION}\n",
+        CHATCORE_HOME=str(model_home),
+        CHATCORE_GENERATION__MAX_NEW_TOKENS="32",
     )
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout

@@ -7,8 +7,6 @@ import asyncio
 import io
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from chatcore.cli import app as cli
 from chatcore.events import ConversationKey
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_chatcore
 
 runner = CliRunner()
 
@@ -166,15 +164,11 @@ async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe:
 
 
 def test_real_process_piped(isolated_env: Path) -> None:
-    env = {**os.environ, "CHATCORE_MODEL__BACKEND": "fake", "CHATCORE_HOME": str(isolated_env)}
-    done = subprocess.run(
-        [sys.executable, "-m", "chatcore.cli", "chat", "--user", "carol"],
-        input="What is the capital of France?\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
+    done = run_chatcore(
+        ["chat", "--user", "carol"],
+        "What is the capital of France?\n",
+        CHATCORE_MODEL__BACKEND="fake",
+        CHATCORE_HOME=str(isolated_env),
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "You said: What is the capital of France?\n"
