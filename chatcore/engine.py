@@ -138,7 +138,7 @@ class Engine:
         self._tasks.discard(task)
         if self._tails.get(key) is task:
             del self._tails[key]
-        request.end()  # also when the task was cancelled before it ever ran
+        request.end()  # the one place streams end, also for a task cancelled before it ran
 
     async def _drain(
         self, task: asyncio.Task[None], request: _Request
@@ -168,8 +168,6 @@ class Engine:
             request.emit(
                 ReplyError(message.id, "internal_error", "Something went wrong; it was logged.")
             )
-        finally:
-            request.end()
 
     async def _run_command(self, message: Message, name: str, args: str) -> Reply | ReplyError:
         registry = self.plugins.commands
