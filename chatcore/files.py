@@ -1,0 +1,74 @@
+"""Private files: the data directory holds what users typed and said, so it is created 0700 and
+the files in it 0600; looser ones left by earlier versions or other tools are tightened at start.
+
+A leaf module (standard library only): the model cache, the terminal history and the database
+all create their files through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+_MAX_ENTRIES = 10_000
+"""``secure_tree`` looks at no more entries than this (a home pointed at a huge folder)."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) as a private directory; tighten it if it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    _tighten(path, PRIVATE_DIR)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty as a private file unless it exists; tighten it if it does."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, PRIVATE_FILE)
+    os.close(fd)
+    _tighten(path, PRIVATE_FILE)
+    return path
+
+
+def secure_tree(root: Path) -> list[str]:
+    """Make ``root`` a private directory and take group and other permissions away from
+    everything in it. Returns one warning line per entry that could not be tightened."""
+    private_dir(root)
+    problems: list[str] = []
+    seen = 0
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            seen += 1
+            if seen > _MAX_ENTRIES:
+                problems.append(
+                    f"{root} holds over {_MAX_ENTRIES} entries; only the first were checked"
+                )
+                return problems
+            path = Path(folder, name)
+            problem = _tighten(path, PRIVATE_DIR if name in dirs else PRIVATE_FILE)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _tighten(path: Path, mode: int) -> str | None:
+    """Remove group and other permission bits from ``path``; a warning line when impossible."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None  # vanished meanwhile
+    if stat.S_ISLNK(info.st_mode) or not stat.S_IMODE(info.st_mode) & 0o077:
+        return None
+    try:
+        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700 | mode)
+    except OSError as error:
+        line = f"{path} is readable by other users and cannot be made private: {error.strerror}"
+        log.warning(line)
+        return line
+    return None
