@@ -5,16 +5,18 @@ stream. Interactive on a terminal; plain, one message per line, when input or ou
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import io
 import logging
-import signal
+import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
@@ -22,13 +24,17 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chatcore import hookimpl
 from chatcore.app import AdapterContext
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError
+from chatcore.files import private_file
+from chatcore.text import terminal_safe
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLATFORM = "terminal"
 QUIT_COMMANDS = {"/quit", "/exit"}
@@ -36,6 +42,18 @@ KEYS_HELP = (
     "Keys: Enter sends, Alt-Enter (or Esc then Enter) starts a new line, Up/Down walk the "
     "history, Ctrl-C stops a reply, Ctrl-D or /quit leaves."
 )
+
+
+class OutputClosedError(Exception):
+    """Standard output cannot be written (closed pipe, full disk): replies would be lost."""
+
+
+class _ClosedStream(io.StringIO):
+    """Stands for a standard stream that was closed before the program started: reading gives
+    nothing, writing fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "it was closed")
 
 
 def login_name() -> str:
@@ -64,9 +82,9 @@ class TerminalAdapter:
         self.engine = context.engine
         settings = context.settings.adapters.terminal
         self.user = user or settings.user or login_name()
-        self.stdin = stdin or sys.stdin
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
+        self.stdin = stdin or sys.stdin or _ClosedStream()
+        self.stdout = stdout or sys.stdout or _ClosedStream()
+        self.stderr = stderr or sys.stderr or _ClosedStream()
         if interactive is None:
             interactive = self.stdin.isatty() and self.stdout.isatty()
         self.interactive = interactive
@@ -77,10 +95,38 @@ class TerminalAdapter:
         self.errors = Console(file=self.stderr, highlight=False, soft_wrap=True)
 
     async def run(self) -> int:
-        await self._start()
-        if self.interactive:
-            return await self._run_interactive()
-        return await self._run_piped()
+        try:
+            await self._start()
+            if self.interactive:
+                return await self._run_interactive()
+            return await self._run_piped()
+        except OutputClosedError as error:
+            self._silence_stdout()
+            self._error(f"error: cannot write to standard output ({error}); stopping")
+            return 1
+
+    # -- output: everything shown goes through these, sanitised ------------------------------
+
+    def _write(self, text: str) -> None:
+        """Show reply text on standard output, escape sequences neutralised."""
+        try:
+            self.stdout.write(terminal_safe(text))
+            self.stdout.flush()
+        except (OSError, ValueError) as error:
+            raise OutputClosedError(getattr(error, "strerror", None) or str(error)) from None
+
+    def _error(self, line: str, *, markup: bool = False) -> None:
+        """Show one line on standard error (never fails: there is nowhere else to say it)."""
+        with suppress(OSError, ValueError):
+            self.errors.print(line if markup else terminal_safe(line), markup=markup)
+
+    def _silence_stdout(self) -> None:
+        """Point a broken standard output at /dev/null, so that the interpreter's last flush
+        does not print a traceback."""
+        with suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stdout.fileno())
+            os.close(devnull)
 
     async def _start(self) -> None:
         """Start the app (load the model) behind a spinner with the elapsed time."""
@@ -100,60 +146,74 @@ class TerminalAdapter:
         failed = False
         pending: list[str] = []
         lines = _read_lines(self.stdin, loop)
-        while True:
-            line = await lines.get()
-            if line is None:
-                break
-            line = line.rstrip("\n")
-            if line.endswith("\\"):
-                pending.append(line[:-1])
+        while (line := await self._until_stopped(lines.get())) is not None:
+            if line.undecodable:
+                self._error(
+                    f"warning: input line {line.number} is not valid UTF-8; the undecodable "
+                    "bytes were replaced with \N{REPLACEMENT CHARACTER}"
+                )
+            if line.text.endswith("\\"):
+                pending.append(line.text[:-1])
                 continue
-            text = "\n".join([*pending, line]).strip()
+            text = "\n".join([*pending, line.text]).strip()
             pending = []
             if not text:
                 continue
             if text in QUIT_COMMANDS:
-                break
+                return 1 if failed else 0
             failed |= not await self._reply(text)
         rest = "\n".join(pending).strip()  # input ended inside a continued line
-        if rest:
+        if rest and not self.context.stopping.is_set():
             failed |= not await self._reply(rest)
         return 1 if failed else 0
+
+    async def _until_stopped(self, awaitable: Awaitable[T]) -> T | None:
+        """``awaitable``'s result, or None as soon as the app is shutting down."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self.context.stopping.wait())
+        try:
+            await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+        return None if work.cancelled() or self.context.stopping.is_set() else work.result()
 
     # -- interactive --------------------------------------------------------------------------
 
     async def _run_interactive(self) -> int:
         session = self._session()
-        self.errors.print(
-            f"[bold]chatcore[/] — you are [cyan]{self.user}[/]. /help lists commands; "
-            "Ctrl-D or /quit leaves.",
+        self._error(
+            f"[bold]chatcore[/] — you are [cyan]{escape(terminal_safe(self.user))}[/]. "
+            "/help lists commands; Ctrl-D or /quit leaves.",
+            markup=True,
         )
         while True:
             try:
-                text = await session.prompt_async("you> ")
+                text = await self._until_stopped(session.prompt_async("you> "))
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line, like a shell
             except EOFError:
+                break
+            if text is None:  # shutting down
                 break
             text = text.strip()
             if not text:
                 continue
             if text in QUIT_COMMANDS:
                 break
-            self.stdout.write("bot> ")
-            self.stdout.flush()
+            self._write("bot> ")
             await self._reply_interruptible(text)
             if text == "/help":
-                self.stdout.write(KEYS_HELP + "\n")
-        self.stdout.flush()
+                self._write(KEYS_HELP + "\n")
         return 0
 
     def _session(self) -> PromptSession[str]:
         history: History
         try:
-            self.history_path.parent.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(self.history_path))
-        except OSError:
+            history = FileHistory(str(private_file(self.history_path)))
+        except OSError as error:
+            log.warning("input history not kept: %s: %s", self.history_path, error.strerror)
             history = InMemoryHistory()
         bindings = KeyBindings()
 
@@ -176,27 +236,18 @@ class TerminalAdapter:
 
     async def _reply_interruptible(self, text: str) -> None:
         """Print the reply; Ctrl-C stops it without leaving the chat."""
-        loop = asyncio.get_running_loop()
         reply = asyncio.ensure_future(self._reply(text))
-        restore: Callable[[], Any] | None = None
-        try:
-            loop.add_signal_handler(signal.SIGINT, reply.cancel)
-            restore = lambda: loop.remove_signal_handler(signal.SIGINT)  # noqa: E731
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread or no signal support: Ctrl-C ends the program instead
-        try:
-            with _no_echo(self.stdin):  # keys typed meanwhile wait for the next prompt
-                await asyncio.wait([reply])
-        finally:
-            if restore is not None:
-                restore()
+        # Keys typed meanwhile wait for the next prompt instead of garbling the reply.
+        with self.context.interrupts_to(reply.cancel), _no_echo(self.stdin):
+            await asyncio.wait([reply])
         if reply.cancelled():
-            self.stdout.write("\n[stopped]\n")
-            self.stdout.flush()
+            self._write("\n[stopped]\n")
+        elif isinstance(reply.exception(), OutputClosedError):
+            reply.result()
         elif reply.exception() is not None:
             error = reply.exception()
             log.error("the reply could not be shown", exc_info=error)
-            self.errors.print(f"error: the reply could not be shown: {error}", markup=False)
+            self._error(f"error: the reply could not be shown: {error}")
 
     # -- one message ----------------------------------------------------------------------------
 
@@ -218,35 +269,53 @@ class TerminalAdapter:
                 elif isinstance(event, ReplyError):
                     ok = False
                     if not at_line_start:
-                        self.stdout.write("\n")
+                        self._write("\n")
                         at_line_start = True
-                    self.stdout.flush()
-                    self.errors.print(f"error: {event.text}", markup=False)
+                    self._error(f"error: {event.text}")
                 if shown:
-                    self.stdout.write(shown)
-                    self.stdout.flush()
+                    self._write(shown)
                     at_line_start = shown.endswith("\n")
         if cut:
             if not at_line_start:
-                self.stdout.write("\n")
+                self._write("\n")
                 at_line_start = True
-            self.stdout.flush()
-            self.errors.print("[dim](reply cut at generation.max_new_tokens)[/]")
+            self._error("[dim](reply cut at generation.max_new_tokens)[/]", markup=True)
         if not at_line_start:
-            self.stdout.write("\n")
-        self.stdout.flush()
+            self._write("\n")
         return ok
 
 
-def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """One line of piped input: its number, its text without the line break, and whether it
+    held bytes that are not UTF-8 (replaced by U+FFFD)."""
+
+    number: int
+    text: str
+    undecodable: bool = False
+
+
+def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[_Line | None]:
     """Read ``stream`` line by line in a daemon thread (None at the end), so a blocked read
-    never keeps the program from exiting on Ctrl-C."""
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    never keeps the program from exiting. Bytes are decoded here, as UTF-8 whatever the locale:
+    an undecodable byte is replaced and reported, never taken for the end of the input."""
+    lines: asyncio.Queue[_Line | None] = asyncio.Queue()
+    raw = getattr(stream, "buffer", None)
+
+    def decode(number: int, line: bytes | str) -> _Line:
+        if isinstance(line, str):
+            return _Line(number, line.removesuffix("\n").removesuffix("\r"))
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        try:
+            return _Line(number, line.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _Line(number, line.decode("utf-8", "replace"), undecodable=True)
 
     def pump() -> None:
+        read: Callable[[], bytes | str] = raw.readline if raw is not None else stream.readline
         try:
-            for line in iter(stream.readline, ""):
-                loop.call_soon_threadsafe(lines.put_nowait, line)
+            for number, line in enumerate(iter(read, b"" if raw is not None else ""), 1):
+                loop.call_soon_threadsafe(lines.put_nowait, decode(number, line))
         except (OSError, ValueError):
             pass  # the stream was closed under us: treat it as the end
         finally:

@@ -17,11 +17,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from chatcore import __version__
 from chatcore.config import ConfigError, Settings, load_settings, mask_url, masked_settings
 from chatcore.generation.types import GenerationError
 from chatcore.plugins import PluginError, PluginHost
+from chatcore.text import terminal_safe
 
 app = typer.Typer(
     name="chatcore",
@@ -47,7 +49,7 @@ ConfigOption = Annotated[
 def _fail(lines: list[str], code: int = 2) -> typer.Exit:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for line in lines:
-        err.print(line, markup=False)
+        err.print(terminal_safe(line), markup=False)
     return typer.Exit(code)
 
 
@@ -56,12 +58,17 @@ def _settings(config: Path | None) -> Settings:
         settings = load_settings(config)
     except ConfigError as error:
         raise _fail(error.lines) from None
-    logging.basicConfig(
-        level=settings.logging.level,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TerminalSafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.logging.level, handlers=[handler])
     return settings
+
+
+class _TerminalSafeFormatter(logging.Formatter):
+    """Log lines may quote model, plugin or user text: neutralise its escape sequences."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
 
 
 def _version(value: bool) -> None:
@@ -93,18 +100,10 @@ def chat(
 
 
 def _run(settings: Settings, adapter_name: str, **options: Any) -> int:
-    from chatcore.app import create_app
-
-    async def main() -> int:
-        app_ = await create_app(settings)
-        try:
-            adapter = app_.adapter(adapter_name, **options)
-            return await adapter.run()
-        finally:
-            await app_.close()
+    from chatcore.app import run_adapter
 
     try:
-        return asyncio.run(main())
+        return asyncio.run(run_adapter(settings, adapter_name, **options))
     except ConfigError as error:
         raise _fail(error.lines) from None
     except (PluginError, GenerationError) as error:
@@ -146,9 +145,8 @@ def list_plugins(
     for info in infos:
         registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registered.items())
         status = info.status if info.error is None else f"{info.status}: {info.error}"
-        table.add_row(
-            info.name, info.source, status, registered or "-", ", ".join(info.hooks) or "-"
-        )
+        cells = (info.name, info.source, status, registered or "-", ", ".join(info.hooks) or "-")
+        table.add_row(*(Text(terminal_safe(cell)) for cell in cells))
     Console(soft_wrap=False, width=max(100, Console().width)).print(table)
 
 

@@ -89,6 +89,7 @@ class StorageSettings(_Section):
     """Where state is stored."""
 
     url: str = ""
+    max_conversations_in_memory: int = Field(10_000, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -120,6 +121,15 @@ class PluginsSettings(_Section):
 
     builtin: tuple[str, ...] = ("backends", "commands", "terminal")
     disabled: tuple[str, ...] = ()
+    hook_timeout: float = Field(10.0, gt=0, le=3600)
+    command_timeout: float = Field(60.0, gt=0, le=3600)
+    max_failures: int = Field(5, ge=0)
+
+
+class LifecycleSettings(_Section):
+    """How the process stops."""
+
+    shutdown_timeout: float = Field(10.0, gt=0, le=600)
 
 
 class LoggingSettings(_Section):
@@ -145,6 +155,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     adapters: AdaptersSettings = AdaptersSettings()
     plugins: PluginsSettings = PluginsSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
@@ -231,7 +242,22 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         raise ConfigError(_describe(error, origin)) from None
     except SettingsError as error:  # a value the environment source could not parse
         raise ConfigError([f"config error: {error}"]) from None
-    return Settings.model_validate(dict(loaded))
+    settings = Settings.model_validate(dict(loaded))
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Refuse, before any model loads, combinations of valid values that cannot work."""
+    window, reply = settings.context.window, settings.generation.max_new_tokens
+    if window and reply >= window:
+        raise ConfigError(
+            [
+                f"config error: generation.max_new_tokens = {reply} leaves no room for the prompt "
+                f"in context.window = {window}; lower generation.max_new_tokens or raise "
+                "context.window"
+            ]
+        )
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:
@@ -338,6 +364,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"config error: {path} is not valid TOML: {error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [
+                f"config error: {path} is not UTF-8 text (byte {error.start} cannot be decoded); "
+                "save it as UTF-8"
+            ]
+        ) from None
     except OSError as error:
         raise ConfigError([f"config error: cannot read {path}: {error.strerror}"]) from None
 

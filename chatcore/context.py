@@ -65,6 +65,13 @@ class ContextBuilder:
             )
         self.tokenizer = tokenizer
 
+    def check_system_prompt(self, system_prompt: str) -> None:
+        """Refuse, at start, a configured system prompt that leaves no room for any message."""
+        head = [ChatMessage("system", system_prompt)] if system_prompt else []
+        bare = self.tokenizer.count_tokens([*head, ChatMessage("user", "")])
+        if bare >= self.budget:
+            raise ConfigError([f"config error: {SystemPromptTooLongError(bare, self.budget)}"])
+
     def build(self, system_prompt: str, history: Sequence[ChatMessage], text: str) -> Prompt:
         """The prompt for ``text``: the system prompt (always kept), then as many of the newest
         whole turns of ``history`` as fit, then the new user message."""

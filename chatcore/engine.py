@@ -7,7 +7,9 @@ one conversation are handled in arrival order, different conversations concurren
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,6 +20,7 @@ from chatcore.config import Settings
 from chatcore.context import ContextBuilder, MessageTooLongError, SystemPromptTooLongError
 from chatcore.events import (
     ConversationKey,
+    ErrorCode,
     FinishReason,
     Message,
     Reply,
@@ -28,12 +31,14 @@ from chatcore.events import (
 )
 from chatcore.generation.types import Backend, ChatMessage, GenerationError
 from chatcore.memory.base import ConversationStore
-from chatcore.plugins import PluginHost, resolve
+from chatcore.plugins import PluginFault, PluginHost
+from chatcore.text import clean_input
 
 log = logging.getLogger(__name__)
 
 _END = None
 STOPPED = "The reply was stopped before it finished."
+SHUTTING_DOWN = "Stopped: the bot is shutting down. What was written so far is kept."
 
 
 @dataclass(eq=False)
@@ -51,11 +56,11 @@ class _Request:
             self.answered = True
         self.events.put_nowait(event)
 
-    def end(self) -> None:
+    def end(self, notice: str = STOPPED) -> None:
         """Close the stream, with a ``ReplyError`` first if no final event went out."""
         if not self.ended:
             if not self.answered:
-                self.emit(ReplyError(self.message.id, "cancelled", STOPPED))
+                self.emit(ReplyError(self.message.id, "cancelled", notice))
             self.ended = True
             self.events.put_nowait(_END)
 
@@ -81,7 +86,7 @@ class Engine:
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._stopping = False
         self._start_lock = asyncio.Lock()
 
     @property
@@ -95,20 +100,27 @@ class Engine:
         async with self._start_lock:
             if self._context is None:
                 await self.backend.load()
-                self._context = ContextBuilder(
+                context = ContextBuilder(
                     self.backend.tokenizer,
                     reserve=self.settings.context_reserve,
                     window=self.settings.context.window,
                 )
+                context.check_system_prompt(self.settings.context.system_prompt)
+                self._context = context
 
-    async def close(self) -> None:
-        """Stop every message in flight or queued, then close the backend and the store."""
-        self._closed = True
+    def stop(self) -> asyncio.Future[Any]:
+        """Take no more messages and stop every one in flight or queued: each stream ends with
+        a ``cancelled`` error saying the bot is shutting down, and each partial reply is
+        stored. Returns when all of them have ended."""
+        self._stopping = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        return asyncio.gather(*(asyncio.wait([t]) for t in tasks))
+
+    async def close(self) -> None:
+        """``stop``, then close the backend and the store."""
+        await self.stop()
         for name, part in (("backend", self.backend), ("store", self.store)):
             try:
                 await part.close()
@@ -124,10 +136,17 @@ class Engine:
         the final event stops the reply; what was generated so far is kept in the conversation.
         """
         self.context  # noqa: B018 - fail here, in the caller, when not started
-        if self._closed:
-            raise EngineNotStartedError("the engine was closed")
-        key = message.conversation
+        # The one rule for inbound text: NUL and control characters never go further.
+        message = dataclasses.replace(
+            message,
+            text=clean_input(message.text),
+            user_name=None if message.user_name is None else clean_input(message.user_name),
+        )
         request = _Request(message)
+        if self._stopping:
+            request.end(SHUTTING_DOWN)
+            return _replay(request)
+        key = message.conversation
         task = asyncio.create_task(self._process(request, self._tails.get(key)))
         self._tails[key] = task
         self._tasks.add(task)
@@ -138,7 +157,8 @@ class Engine:
         self._tasks.discard(task)
         if self._tails.get(key) is task:
             del self._tails[key]
-        request.end()  # the one place streams end, also for a task cancelled before it ran
+        # The one place streams end, also for a task cancelled before it ran.
+        request.end(SHUTTING_DOWN if self._stopping else STOPPED)
 
     async def _drain(
         self, task: asyncio.Task[None], request: _Request
@@ -164,10 +184,7 @@ class Engine:
             else:
                 await self._chat(request)
         except Exception:
-            log.exception("failed to handle message %s", message.id)
-            request.emit(
-                ReplyError(message.id, "internal_error", "Something went wrong; it was logged.")
-            )
+            request.emit(_logged_failure(message, "internal_error", "Something went wrong"))
 
     async def _run_command(self, message: Message, name: str, args: str) -> Reply | ReplyError:
         registry = self.plugins.commands
@@ -177,19 +194,38 @@ class Engine:
             )
         commands = dict(registry.items())
         context = CommandContext(message, args, self.store, commands)
+        owner = registry.owner(name)
         try:
-            text = await resolve(commands[name].handler(context))
-        except Exception as error:
-            log.exception("command /%s from plugin %r failed", name, registry.owner(name))
-            return ReplyError(message.id, "command_failed", f"/{name} failed: {error}")
-        return Reply(message.id, str(text))
+            text = await self.plugins.invoke(
+                owner,
+                f"command /{name}",
+                commands[name].handler,
+                {"context": context},
+                limit="command_timeout",
+            )
+        except PluginFault as fault:
+            what = "took too long" if fault.timed_out else "failed"
+            return _logged_failure(message, "command_failed", f"/{name} {what}", fault)
+        if not isinstance(text, str):
+            problem = f"plugin {owner!r} returned {type(text).__name__}, not text"
+            return _logged_failure(message, "command_failed", f"/{name} failed", problem)
+        return Reply(message.id, text)
 
     async def _chat(self, request: _Request) -> None:
         message = request.message
         key = message.conversation
         history = await self.store.history(key)
-        extras = await self.plugins.call("extend_system_prompt", message=message)
-        system = "\n\n".join([self.settings.context.system_prompt, *(str(e) for _, e in extras)])
+        extras = []
+        for plugin, extra in await self.plugins.call("extend_system_prompt", message=message):
+            if isinstance(extra, str):
+                extras.append(extra)
+            else:
+                log.error(
+                    "plugin %r returned %s from extend_system_prompt, not text; left out",
+                    plugin,
+                    type(extra).__name__,
+                )
+        system = "\n\n".join([self.settings.context.system_prompt, *extras])
         try:
             prompt = self.context.build(system.strip(), history, message.text)
         except MessageTooLongError as error:
@@ -230,6 +266,26 @@ class Engine:
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
         await self.plugins.call("reply_finished", message=message, reply=reply)
+
+
+def _logged_failure(
+    message: Message, code: ErrorCode, summary: str, cause: object = None
+) -> ReplyError:
+    """A ``ReplyError`` that tells the user what failed and a reference to find it in the log,
+    never the exception's own text (which may hold paths or configuration). Without a
+    ``cause``, call it while handling the exception: its traceback is logged."""
+    reference = uuid.uuid4().hex[:8]
+    if cause is None:
+        log.exception("%s (ref %s, message %s)", summary, reference, message.id)
+    else:
+        log.error("%s (ref %s, message %s): %s", summary, reference, message.id, cause)
+    return ReplyError(message.id, code, f"{summary} (ref {reference}); it was logged.")
+
+
+async def _replay(request: _Request) -> AsyncGenerator[ReplyEvent, None]:
+    """The events already queued in an ended request."""
+    while (event := request.events.get_nowait()) is not _END:
+        yield event
 
 
 async def _close_stream(stream: Any) -> None:

@@ -23,7 +23,7 @@ _MAX_ENTRIES = 10_000
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents) as a private directory; tighten it if it exists."""
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    _tighten(path, PRIVATE_DIR)
+    _warn(_tighten(path, PRIVATE_DIR))
     return path
 
 
@@ -32,7 +32,7 @@ def private_file(path: Path) -> Path:
     private_dir(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, PRIVATE_FILE)
     os.close(fd)
-    _tighten(path, PRIVATE_FILE)
+    _warn(_tighten(path, PRIVATE_FILE))
     return path
 
 
@@ -68,7 +68,10 @@ def _tighten(path: Path, mode: int) -> str | None:
     try:
         os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700 | mode)
     except OSError as error:
-        line = f"{path} is readable by other users and cannot be made private: {error.strerror}"
-        log.warning(line)
-        return line
+        return f"{path} is open to other users and cannot be made private: {error.strerror}"
     return None
+
+
+def _warn(problem: str | None) -> None:
+    if problem:
+        log.warning("%s", problem)

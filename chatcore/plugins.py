@@ -4,12 +4,15 @@ calls hooks so that one failing plugin is reported by name and contained.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
 import os
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
@@ -19,7 +22,7 @@ import pluggy
 
 from chatcore import hookspecs
 from chatcore.commands import Command
-from chatcore.config import PLUGINS_ENV, Settings
+from chatcore.config import PLUGINS_ENV, PluginsSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,17 @@ T = TypeVar("T")
 
 class PluginError(Exception):
     """A plugin could not be used; the message names the plugin and what went wrong."""
+
+
+class PluginFault(Exception):
+    """Plugin code raised or ran past its time limit; ``str()`` names the plugin and the call."""
+
+    def __init__(self, plugin: str, what: str, problem: str, *, timed_out: bool) -> None:
+        super().__init__(f"plugin {plugin!r} {problem} in {what}")
+        self.plugin = plugin
+        self.timed_out = timed_out
+        self.detail = f"{problem} in {what}"
+        """What went wrong, without the plugin's name."""
 
 
 @dataclass
@@ -110,7 +124,11 @@ async def resolve(value: Any) -> Any:
 class PluginHost:
     """Owns the pluggy manager and the registries filled by the ``register_*`` hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: PluginsSettings | None = None) -> None:
+        self.limits = limits or PluginsSettings()
+        """Time limits and the failure count that disables a plugin; ``load`` takes the
+        configured ones."""
+        self._failures: dict[str, int] = {}
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
@@ -123,6 +141,7 @@ class PluginHost:
     async def load(self, settings: Settings, installed: Iterable[EntryPoint] | None = None) -> None:
         """Load the configured built-ins and the installed entry-point plugins, then collect
         their registrations. Failures are recorded in ``infos``; nothing here raises for them."""
+        self.limits = settings.plugins
         disabled = set(settings.plugins.disabled)
         for name in settings.plugins.builtin:
             if name not in DEFAULT_PLUGINS:
@@ -216,9 +235,11 @@ class PluginHost:
                     self.infos[_owner].registered.setdefault(_reg.kind, []).append(name)
 
                 try:
-                    await resolve(impl.function(register=register))
-                except Exception as error:
-                    self._disable(owner, f"{hook_name} raised: {_one_line(error)}")
+                    await self.invoke(
+                        owner, f"hook {hook_name}", impl.function, {"register": register}
+                    )
+                except PluginFault as fault:
+                    self._disable(owner, fault.detail)
 
     def _disable(self, name: str, error: str) -> None:
         log.warning("plugin %r disabled: %s", name, error)
@@ -230,8 +251,8 @@ class PluginHost:
 
     async def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a hook, newest plugin first; return the
-        ``(plugin name, result)`` pairs that are not None. A raising plugin is logged by name and
-        skipped."""
+        ``(plugin name, result)`` pairs that are not None. A plugin that raises or runs past
+        ``plugins.hook_timeout`` is logged by name and skipped: the hook's observers go on."""
         results: list[tuple[str, Any]] = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             if impl.wrapper or impl.hookwrapper:
@@ -241,21 +262,112 @@ class PluginHost:
                     hook_name,
                 )
                 continue
+            args = {name: kwargs[name] for name in impl.argnames}
             try:
-                args = {name: kwargs[name] for name in impl.argnames}
-                value = await resolve(impl.function(**args))
-            except Exception as error:
-                info = self.infos.get(impl.plugin_name)
-                if info is not None:
-                    info.hook_errors += 1
-                log.error(
-                    "plugin %r raised in hook %s: %s", impl.plugin_name, hook_name, _one_line(error)
+                value = await self.invoke(
+                    impl.plugin_name, f"hook {hook_name}", impl.function, args
                 )
-                log.debug("traceback:\n%s", traceback.format_exc())
-                continue
+            except PluginFault:
+                continue  # logged by invoke; an observer's failure never stops the message
             if value is not None:
                 results.append((impl.plugin_name, value))
         return results
+
+    async def invoke(
+        self,
+        plugin: str,
+        what: str,
+        function: Callable[..., Any],
+        kwargs: dict[str, Any],
+        *,
+        limit: Literal["hook_timeout", "command_timeout"] = "hook_timeout",
+    ) -> Any:
+        """Run plugin code, bounded: a sync function runs in a daemon thread (it can never
+        block the event loop or keep the process alive), anything it returns is awaited, and the
+        whole call has the seconds of the ``plugins.<limit>`` setting.
+
+        Raises ``PluginFault``, already logged with the plugin's name, when the code raised
+        anything (``SystemExit`` and ``KeyboardInterrupt`` included) or ran out of time; the
+        caller decides whether to go on (an observer) or fail closed (a step that decides). A
+        plugin that faults ``plugins.max_failures`` times in a row is disabled."""
+        seconds: float = getattr(self.limits, limit)
+        try:
+            async with asyncio.timeout(seconds) as deadline:
+                if inspect.iscoroutinefunction(function):
+                    value = await function(**kwargs)
+                else:
+                    value = await _in_daemon_thread(function, kwargs, plugin)
+                value = await resolve(value)
+        except TimeoutError as error:
+            if not deadline.expired():
+                raise self._fault(plugin, what, error) from error
+            problem = f"did not return within {seconds:g} s (plugins.{limit})"
+            raise self._fault(plugin, what, None, problem) from None
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise  # our caller is being cancelled (a reply stopped, a shutdown): not a fault
+            raise self._fault(plugin, what, asyncio.CancelledError()) from None
+        except _Raised as wrapped:
+            raise self._fault(plugin, what, wrapped.error) from wrapped.error
+        except BaseException as error:  # plugin code may raise SystemExit, KeyboardInterrupt...
+            raise self._fault(plugin, what, error) from error
+        self._failures.pop(plugin, None)
+        return value
+
+    def _fault(
+        self, plugin: str, what: str, error: BaseException | None, problem: str = ""
+    ) -> PluginFault:
+        if error is not None:
+            problem = f"raised {_one_line(error)}"
+        fault = PluginFault(plugin, what, problem, timed_out=error is None)
+        log.error("%s", fault)
+        if error is not None:
+            log.debug("traceback:\n%s", "".join(traceback.format_exception(error)))
+        info = self.infos.get(plugin)
+        if info is not None:
+            info.hook_errors += 1
+        count = self._failures[plugin] = self._failures.get(plugin, 0) + 1
+        limit = self.limits.max_failures
+        if limit and count >= limit and info is not None and info.status == "loaded":
+            self._disable(plugin, f"{count} failures in a row; the last: {fault.detail}")
+        return fault
+
+
+class _Raised(Exception):
+    """Carries what plugin code in a worker thread raised, ``BaseException`` included."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _in_daemon_thread(
+    function: Callable[..., Any], kwargs: dict[str, Any], plugin: str
+) -> asyncio.Future[Any]:
+    """Run ``function(**kwargs)`` in a new daemon thread; its result or error lands in the
+    returned future. A call that never returns only leaves a sleeping thread behind."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        with suppress(RuntimeError):  # the event loop is gone
+            loop.call_soon_threadsafe(lambda: None if future.done() else outcome())
+
+    def target() -> None:
+        try:
+            value = function(**kwargs)
+        except BaseException as error:
+            settle(partial(future.set_exception, _Raised(error)))
+        else:
+            settle(partial(future.set_result, value))
+
+    threading.Thread(target=target, name=f"chatcore-plugin-{plugin}", daemon=True).start()
+    return future
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _import(module: str) -> object:

@@ -119,7 +119,9 @@ async def test_commands(fake_app: App, fake_backend: FakeBackend) -> None:
     assert len(fake_backend.calls) == 1  # commands never reach the model
 
 
-async def test_a_failing_command_is_contained(fake_app: App) -> None:
+async def test_a_failing_command_is_contained(
+    fake_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     from chatcore.commands import Command
 
     class Broken:
@@ -135,7 +137,13 @@ async def test_a_failing_command_is_contained(fake_app: App) -> None:
         await fake_app.plugins.collect("broken")
         (error,) = await collect(fake_app.engine.handle(msg("/crash")))
         assert isinstance(error, ReplyError) and error.code == "command_failed"
-        assert "kaput" in error.text
+        # The user gets a reference, never the exception text; the log has both.
+        assert "kaput" not in error.text
+        reference = error.text.split("(ref ")[1].split(")")[0]
+        assert any(
+            reference in r.message and "kaput" in r.message and "'broken'" in r.message
+            for r in caplog.records
+        )
     finally:
         fake_app.plugins.remove_plugin("broken")
 
@@ -291,8 +299,11 @@ async def test_close_stops_queued_messages_and_ends_every_stream(isolated_env: P
     for stream in streams:
         events = await asyncio.wait_for(collect(stream), 10)
         assert isinstance(events[-1], ReplyError) and events[-1].code == "cancelled"
-    with pytest.raises(EngineNotStartedError, match="closed"):
-        app.engine.handle(msg("too late"))
+        assert "shutting down" in events[-1].text
+    # After the stop a message is answered at once, never queued or sent to the model.
+    (late,) = await collect(app.engine.handle(msg("too late")))
+    assert isinstance(late, ReplyError) and late.code == "cancelled"
+    assert "shutting down" in late.text and len(backend.calls) == 1
 
 
 async def test_close_right_after_handle_still_ends_the_stream(isolated_env: Path) -> None:

@@ -127,7 +127,7 @@ async def test_plugin_that_raises_while_registering_is_disabled_entirely(
     install_plugin(tmp_path, monkeypatch, "halfway", source)
     host = await _loaded(settings)
     assert host.infos["halfway"].status == "failed"
-    assert host.infos["halfway"].error == "register_commands raised: RuntimeError: boom"
+    assert host.infos["halfway"].error == "raised RuntimeError: boom in hook register_commands"
     assert "half" not in host.commands
     assert await host.call("message_received", message=None) == []
 
@@ -181,7 +181,9 @@ async def test_call_contains_a_raising_hook_and_awaits_async_ones(
     with caplog.at_level(logging.ERROR):
         results = await host.call("extend_system_prompt", message=object())
     assert results == [("sync", "from sync"), ("async", "from async")]
-    assert "plugin 'raising' raised in hook extend_system_prompt" in caplog.text
+    assert (
+        "plugin 'raising' raised ValueError: bad plugin in hook extend_system_prompt" in caplog.text
+    )
     assert host.infos["raising"].hook_errors == 1
 
 

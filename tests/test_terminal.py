@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,11 +15,12 @@ from prompt_toolkit.output import DummyOutput
 from typer.testing import CliRunner
 
 from chatcore.adapters.terminal import TerminalAdapter, login_name
-from chatcore.app import AdapterContext, App, create_app
+from chatcore.app import App, create_app
 from chatcore.cli import app as cli
 from chatcore.events import ConversationKey
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage
+from chatcore.lifecycle import ShutdownSignals
 from tests.conftest import make_settings, run_chatcore
 
 runner = CliRunner()
@@ -95,16 +95,17 @@ def pipe() -> Iterator[PipeInput]:
 
 
 def _adapter(app: App, pipe: PipeInput, out: io.StringIO, **options: object) -> TerminalAdapter:
-    context = AdapterContext(app.settings, app.engine, app.start)
-    return TerminalAdapter(
-        context,
+    adapter = app.adapter(
+        "terminal",
         stdout=out,
         stderr=io.StringIO(),
         interactive=True,
         prompt_input=pipe,
         prompt_output=DummyOutput(),
-        **options,  # type: ignore[arg-type]
+        **options,
     )
+    assert isinstance(adapter, TerminalAdapter)
+    return adapter
 
 
 async def test_interactive_chat_streams_and_keeps_history(
@@ -138,6 +139,10 @@ async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe:
     backend = FakeBackend(delay=0.02)
     backend.enqueue([f" w{i}" for i in range(200)])
     app = await create_app(make_settings(isolated_env), backend=backend)
+    # The app's signal routing, not installed: the test delivers SIGINT itself (never a real
+    # signal to the test runner).
+    exits: list[int] = []
+    app.signals = ShutdownSignals(app.request_stop, grace=30, exit_now=exits.append)
     out = io.StringIO()
     adapter = _adapter(app, pipe, out)
     pipe.send_text("talk a lot\r")
@@ -146,10 +151,10 @@ async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe:
         if " w2" in out.getvalue():
             break
         await asyncio.sleep(0.01)
-    if " w2" not in out.getvalue():  # never signal a process that has no handler for it
+    if " w2" not in out.getvalue():
         run.cancel()
         pytest.fail("the reply did not start streaming")
-    os.kill(os.getpid(), signal.SIGINT)
+    app.signals.handle(signal.SIGINT)
     for _ in range(500):
         if "[stopped]" in out.getvalue():
             break
@@ -160,6 +165,7 @@ async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe:
     assert "[stopped]" in text and " w199" not in text
     assert "bot> You said: after" in text
     assert backend.active == 0
+    assert app.signals.received is None and not exits  # the chat went on: no shutdown
     await app.close()
 
 
