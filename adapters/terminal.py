@@ -31,7 +31,7 @@ from chatcore import hookimpl
 from chatcore.app import AdapterContext
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError
 from chatcore.files import private_file
-from chatcore.text import terminal_safe
+from chatcore.text import clean_input, terminal_safe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -155,14 +155,14 @@ class TerminalAdapter:
             if line.text.endswith("\\"):
                 pending.append(line.text[:-1])
                 continue
-            text = "\n".join([*pending, line.text]).strip()
+            text = clean_input("\n".join([*pending, line.text])).strip()
             pending = []
             if not text:
                 continue
             if text in QUIT_COMMANDS:
                 return 1 if failed else 0
             failed |= not await self._reply(text)
-        rest = "\n".join(pending).strip()  # input ended inside a continued line
+        rest = clean_input("\n".join(pending)).strip()  # input ended inside a continued line
         if rest and not self.context.stopping.is_set():
             failed |= not await self._reply(rest)
         return 1 if failed else 0
@@ -197,7 +197,7 @@ class TerminalAdapter:
                 break
             if text is None:  # shutting down
                 break
-            text = text.strip()
+            text = clean_input(text).strip()
             if not text:
                 continue
             if text in QUIT_COMMANDS:

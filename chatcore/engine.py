@@ -146,6 +146,10 @@ class Engine:
         if self._stopping:
             request.end(SHUTTING_DOWN)
             return _replay(request)
+        if not message.text.strip():
+            request.emit(ReplyError(message.id, "empty_message", "The message is empty."))
+            request.end()
+            return _replay(request)
         key = message.conversation
         task = asyncio.create_task(self._process(request, self._tails.get(key)))
         self._tails[key] = task

@@ -87,6 +87,7 @@ class Reply:
 
 
 ErrorCode = Literal[
+    "empty_message",
     "message_too_long",
     "unknown_command",
     "command_failed",
