@@ -59,6 +59,7 @@ class App:
         self.stopping = asyncio.Event()
         self.signals: ShutdownSignals | None = None
         self._started = False
+        self._closed = False
         self._start_lock = asyncio.Lock()
         self._engine_stopped: asyncio.Future[Any] | None = None
 
@@ -85,7 +86,10 @@ class App:
 
     async def close(self) -> None:
         """Stop the engine (replies in flight end, their text stored), then run the
-        ``shutdown`` hooks, then close the store and the backend."""
+        ``shutdown`` hooks, then close the store and the backend; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self.request_stop()
         if self._engine_stopped is not None:
             await self._engine_stopped

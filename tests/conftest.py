@@ -8,7 +8,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +61,27 @@ async def fake_app(settings: Settings, fake_backend: FakeBackend) -> AsyncIterat
         yield app
     finally:
         await app.close()
+
+
+AppFactory = Callable[..., Awaitable[App]]
+
+
+@pytest.fixture
+async def new_app() -> AsyncIterator[AppFactory]:
+    """``await new_app(settings, backend=...)``: an app that is closed after the test, whatever
+    happened in it."""
+    apps: list[App] = []
+
+    async def make(settings: Settings, **kwargs: Any) -> App:
+        app = await create_app(settings, **kwargs)
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            await asyncio.wait_for(app.close(), 30)
 
 
 @pytest.fixture(scope="session")

@@ -9,18 +9,18 @@ import re
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chatcore import hookimpl
-from chatcore.app import App, create_app
+from chatcore.app import App
 from chatcore.commands import Command, CommandContext
 from chatcore.events import Message, Reply, ReplyError
 from chatcore.generation.fake import FakeBackend
-from tests.conftest import make_settings
+from tests.conftest import AppFactory, make_settings
 from tests.test_engine import collect, msg
 
 
@@ -32,25 +32,16 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-async def _app(home: Path, plugin: object, **plugins: object) -> App:
-    app = await create_app(make_settings(home, plugins=plugins), backend=FakeBackend())
+async def _app(new_app: AppFactory, home: Path, plugin: object, **plugins: object) -> App:
+    app = await new_app(make_settings(home, plugins=plugins), backend=FakeBackend())
     app.plugins.add_plugin(plugin, "suspect")
     await app.plugins.collect("suspect")
     await app.start()
     return app
 
 
-@pytest.fixture
-async def closing() -> AsyncIterator[list[App]]:
-    """Apps appended here are closed after the test, whatever happened."""
-    apps: list[App] = []
-    yield apps
-    for app in apps:
-        await asyncio.wait_for(app.close(), 30)
-
-
 async def test_a_blocking_sync_hook_does_not_stall_other_conversations(
-    isolated_env: Path, release: threading.Event, closing: list[App]
+    isolated_env: Path, release: threading.Event, new_app: AppFactory
 ) -> None:
     class Blocking:
         @hookimpl
@@ -58,8 +49,7 @@ async def test_a_blocking_sync_hook_does_not_stall_other_conversations(
             if message.user == "slow":
                 release.wait(30)  # a plugin doing blocking I/O
 
-    app = await _app(isolated_env, Blocking(), hook_timeout=60.0)
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Blocking(), hook_timeout=60.0)
     slow = asyncio.ensure_future(collect(app.engine.handle(msg("wait", user="slow"))))
     started = time.monotonic()
     others = await asyncio.wait_for(
@@ -80,8 +70,8 @@ async def test_a_blocking_sync_hook_does_not_stall_other_conversations(
 async def test_a_hook_past_its_time_limit_is_skipped_and_named(
     isolated_env: Path,
     release: threading.Event,
-    closing: list[App],
     caplog: pytest.LogCaptureFixture,
+    new_app: AppFactory,
 ) -> None:
     class Stuck:
         @hookimpl
@@ -93,8 +83,7 @@ async def test_a_hook_past_its_time_limit_is_skipped_and_named(
             release.wait(30)
             return "never used"
 
-    app = await _app(isolated_env, Stuck(), hook_timeout=0.2)
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Stuck(), hook_timeout=0.2)
     events = await asyncio.wait_for(collect(app.engine.handle(msg("hello"))), 10)
     assert isinstance(events[-1], Reply) and events[-1].text == "You said: hello"
     timed_out = "plugin 'suspect' did not return within 0.2 s (plugins.hook_timeout)"
@@ -107,7 +96,7 @@ async def test_a_hook_past_its_time_limit_is_skipped_and_named(
 
 @pytest.mark.parametrize("exit_kind", ["sys.exit", "KeyboardInterrupt", "async sys.exit"])
 async def test_exits_raised_by_plugin_code_are_contained(
-    isolated_env: Path, closing: list[App], caplog: pytest.LogCaptureFixture, exit_kind: str
+    isolated_env: Path, caplog: pytest.LogCaptureFixture, exit_kind: str, new_app: AppFactory
 ) -> None:
     class Exiting:
         @hookimpl
@@ -122,8 +111,7 @@ async def test_exits_raised_by_plugin_code_are_contained(
             if exit_kind == "async sys.exit":
                 sys.exit(4)
 
-    app = await _app(isolated_env, Exiting())
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Exiting())
     for text in ("first", "second"):
         events = await asyncio.wait_for(collect(app.engine.handle(msg(text))), 10)
         assert events[-1].text == f"You said: {text}"  # type: ignore[union-attr]
@@ -131,7 +119,7 @@ async def test_exits_raised_by_plugin_code_are_contained(
 
 
 async def test_a_command_past_its_time_limit_fails_and_the_conversation_goes_on(
-    isolated_env: Path, closing: list[App]
+    isolated_env: Path, new_app: AppFactory
 ) -> None:
     class SlowCommand:
         @hookimpl
@@ -142,8 +130,7 @@ async def test_a_command_past_its_time_limit_fails_and_the_conversation_goes_on(
             await asyncio.sleep(3600)
             return "late"
 
-    app = await _app(isolated_env, SlowCommand(), command_timeout=0.2)
-    closing.append(app)
+    app = await _app(new_app, isolated_env, SlowCommand(), command_timeout=0.2)
     (error,) = await asyncio.wait_for(collect(app.engine.handle(msg("/forever"))), 10)
     assert isinstance(error, ReplyError) and error.code == "command_failed"
     assert error.text.startswith("/forever took too long (ref ")
@@ -153,15 +140,14 @@ async def test_a_command_past_its_time_limit_fails_and_the_conversation_goes_on(
 
 @pytest.mark.parametrize("value", [None, b"bytes", {"a": 1}, 42])
 async def test_a_command_must_return_text(
-    isolated_env: Path, closing: list[App], value: object, caplog: pytest.LogCaptureFixture
+    isolated_env: Path, value: object, caplog: pytest.LogCaptureFixture, new_app: AppFactory
 ) -> None:
     class Wrong:
         @hookimpl
         def register_commands(self, register: Any) -> None:
             register(Command("wrong", "returns no text", lambda context: value))
 
-    app = await _app(isolated_env, Wrong())
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Wrong())
     (error,) = await collect(app.engine.handle(msg("/wrong")))
     assert isinstance(error, ReplyError) and error.code == "command_failed"
     assert re.fullmatch(r"/wrong failed \(ref [0-9a-f]{8}\); it was logged\.", error.text)
@@ -169,15 +155,14 @@ async def test_a_command_must_return_text(
 
 
 async def test_a_system_prompt_extension_must_be_text(
-    isolated_env: Path, closing: list[App], caplog: pytest.LogCaptureFixture
+    isolated_env: Path, caplog: pytest.LogCaptureFixture, new_app: AppFactory
 ) -> None:
     class Wrong:
         @hookimpl
         def extend_system_prompt(self) -> object:
             return {"tone": "formal"}
 
-    app = await _app(isolated_env, Wrong())
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Wrong())
     await collect(app.engine.handle(msg("hi")))
     backend = app.engine.backend
     assert isinstance(backend, FakeBackend)
@@ -186,24 +171,23 @@ async def test_a_system_prompt_extension_must_be_text(
 
 
 async def test_a_hanging_startup_hook_does_not_keep_the_app_from_starting(
-    isolated_env: Path, release: threading.Event, closing: list[App]
+    isolated_env: Path, release: threading.Event, new_app: AppFactory
 ) -> None:
     class Hanging:
         @hookimpl
         def startup(self) -> None:
             release.wait(30)
 
-    app = await create_app(
+    app = await new_app(
         make_settings(isolated_env, plugins={"hook_timeout": 0.2}), backend=FakeBackend()
     )
-    closing.append(app)
     app.plugins.add_plugin(Hanging(), "suspect")
     await asyncio.wait_for(app.start(), 10)
     assert app.started
 
 
 async def test_a_plugin_that_keeps_failing_is_disabled(
-    isolated_env: Path, closing: list[App], caplog: pytest.LogCaptureFixture
+    isolated_env: Path, caplog: pytest.LogCaptureFixture, new_app: AppFactory
 ) -> None:
     calls = 0
 
@@ -221,8 +205,7 @@ async def test_a_plugin_that_keeps_failing_is_disabled(
         def fail(self, context: CommandContext) -> str:
             raise RuntimeError("again")
 
-    app = await _app(isolated_env, Flaky(), max_failures=3)
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Flaky(), max_failures=3)
     for i in range(5):
         await collect(app.engine.handle(msg(f"m{i}")))
     assert calls == 3
@@ -237,22 +220,21 @@ async def test_a_plugin_that_keeps_failing_is_disabled(
     assert isinstance(error, ReplyError) and error.code == "unknown_command"
 
 
-async def test_successes_reset_the_failure_count(isolated_env: Path, closing: list[App]) -> None:
+async def test_successes_reset_the_failure_count(isolated_env: Path, new_app: AppFactory) -> None:
     class SometimesFails:
         @hookimpl
         def message_received(self, message: Message) -> None:
             if message.text.startswith("bad"):
                 raise RuntimeError("bad input")
 
-    app = await _app(isolated_env, SometimesFails(), max_failures=2)
-    closing.append(app)
+    app = await _app(new_app, isolated_env, SometimesFails(), max_failures=2)
     for text in ("bad 1", "good", "bad 2", "good", "bad 3"):
         await collect(app.engine.handle(msg(text)))
     assert app.plugins.infos["suspect"].status == "loaded"
 
 
 async def test_cancelling_a_reply_cancels_its_hook_without_blaming_the_plugin(
-    isolated_env: Path, closing: list[App]
+    isolated_env: Path, new_app: AppFactory
 ) -> None:
     entered = asyncio.Event()
 
@@ -262,8 +244,7 @@ async def test_cancelling_a_reply_cancels_its_hook_without_blaming_the_plugin(
             entered.set()
             await asyncio.sleep(3600)
 
-    app = await _app(isolated_env, Waits(), hook_timeout=600.0, max_failures=1)
-    closing.append(app)
+    app = await _app(new_app, isolated_env, Waits(), hook_timeout=600.0, max_failures=1)
     reader = asyncio.ensure_future(collect(app.engine.handle(msg("hi"))))
     await asyncio.wait_for(entered.wait(), 10)
     reader.cancel()  # the reader goes away: the reply and its hook are cancelled

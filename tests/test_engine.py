@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from chatcore import hookimpl
-from chatcore.app import App, create_app
+from chatcore.app import App
 from chatcore.engine import Engine, EngineNotStartedError
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage, GenerationError
 from chatcore.memory.inmemory import InMemoryConversationStore
-from tests.conftest import make_settings
+from tests.conftest import AppFactory, make_settings
 
 
 def msg(text: str, user: str = "alice", channel: str = "c1") -> Message:
@@ -58,10 +58,12 @@ async def test_history_is_kept_per_conversation(fake_app: App, fake_backend: Fak
     ]
 
 
-async def test_generation_options_come_from_settings(isolated_env: Path) -> None:
+async def test_generation_options_come_from_settings(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     settings = make_settings(isolated_env, generation={"max_new_tokens": 2, "stop": ["STOP"]})
     backend = FakeBackend()
-    app = await create_app(settings, backend=backend)
+    app = await new_app(settings, backend=backend)
     await app.start()
     backend.enqueue(["a", "b", "c", "d"])
     events = await collect(app.engine.handle(msg("x")))
@@ -75,10 +77,12 @@ async def test_generation_options_come_from_settings(isolated_env: Path) -> None
     await app.close()
 
 
-async def test_too_long_message_is_refused_without_calling_the_model(isolated_env: Path) -> None:
+async def test_too_long_message_is_refused_without_calling_the_model(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     backend = FakeBackend(context_window=100)
     settings = make_settings(isolated_env, generation={"max_new_tokens": 20})
-    app = await create_app(settings, backend=backend)
+    app = await new_app(settings, backend=backend)
     await app.start()
     events = await collect(app.engine.handle(msg("word " * 500)))
     assert len(events) == 1
@@ -90,10 +94,10 @@ async def test_too_long_message_is_refused_without_calling_the_model(isolated_en
     await app.close()
 
 
-async def test_old_turns_are_dropped_to_fit(isolated_env: Path) -> None:
+async def test_old_turns_are_dropped_to_fit(isolated_env: Path, new_app: AppFactory) -> None:
     backend = FakeBackend(context_window=80)
     settings = make_settings(isolated_env, generation={"max_new_tokens": 10})
-    app = await create_app(settings, backend=backend)
+    app = await new_app(settings, backend=backend)
     await app.start()
     for i in range(10):
         await collect(app.engine.handle(msg(f"message number {i}")))
@@ -172,10 +176,10 @@ async def test_unexpected_error_becomes_an_internal_error_event(
 
 
 async def test_messages_of_one_conversation_are_handled_in_arrival_order(
-    isolated_env: Path,
+    isolated_env: Path, new_app: AppFactory
 ) -> None:
     backend = FakeBackend(delay=0.01)
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     await app.start()
     streams = [app.engine.handle(msg(f"m{i}")) for i in range(4)]
     # consume in reverse: handling order must still be arrival order
@@ -188,9 +192,11 @@ async def test_messages_of_one_conversation_are_handled_in_arrival_order(
     await app.close()
 
 
-async def test_different_conversations_run_concurrently(isolated_env: Path) -> None:
+async def test_different_conversations_run_concurrently(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     backend = FakeBackend(delay=0.02)
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     await app.start()
     users = ["a", "b", "c"]
     results = await asyncio.gather(*(collect(app.engine.handle(msg("hi", user=u))) for u in users))
@@ -200,10 +206,10 @@ async def test_different_conversations_run_concurrently(isolated_env: Path) -> N
 
 
 async def test_closing_the_stream_stops_generation_and_keeps_the_partial_reply(
-    isolated_env: Path,
+    isolated_env: Path, new_app: AppFactory
 ) -> None:
     backend = FakeBackend(delay=0.01)
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     await app.start()
     backend.enqueue(["one", " two", " three", " four", " five"])
     events = app.engine.handle(msg("count"))
@@ -221,9 +227,11 @@ async def test_closing_the_stream_stops_generation_and_keeps_the_partial_reply(
     await app.close()
 
 
-async def test_cancelling_the_consumer_task_stops_the_reply(isolated_env: Path) -> None:
+async def test_cancelling_the_consumer_task_stops_the_reply(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     backend = FakeBackend(delay=0.05)
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     await app.start()
     backend.enqueue(["w"] * 100)
     consumer = asyncio.create_task(collect(app.engine.handle(msg("long"))))
@@ -274,8 +282,8 @@ async def test_handle_before_start_is_a_clear_error(isolated_env: Path) -> None:
         engine.handle(msg("hi"))
 
 
-async def test_history_limit_bounds_memory(isolated_env: Path) -> None:
-    app = await create_app(
+async def test_history_limit_bounds_memory(isolated_env: Path, new_app: AppFactory) -> None:
+    app = await new_app(
         make_settings(isolated_env, context={"history_limit": 4}), backend=FakeBackend()
     )
     await app.start()
@@ -286,9 +294,11 @@ async def test_history_limit_bounds_memory(isolated_env: Path) -> None:
     await app.close()
 
 
-async def test_close_stops_queued_messages_and_ends_every_stream(isolated_env: Path) -> None:
+async def test_close_stops_queued_messages_and_ends_every_stream(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     backend = FakeBackend(delay=0.02)
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     await app.start()
     backend.enqueue(["w"] * 100)
     streams = [app.engine.handle(msg(f"m{i}")) for i in range(3)]
@@ -306,8 +316,10 @@ async def test_close_stops_queued_messages_and_ends_every_stream(isolated_env: P
     assert "shutting down" in late.text and len(backend.calls) == 1
 
 
-async def test_close_right_after_handle_still_ends_the_stream(isolated_env: Path) -> None:
-    app = await create_app(make_settings(isolated_env), backend=FakeBackend())
+async def test_close_right_after_handle_still_ends_the_stream(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    app = await new_app(make_settings(isolated_env), backend=FakeBackend())
     await app.start()
     stream = app.engine.handle(msg("hi"))
     await app.close()
@@ -340,14 +352,16 @@ async def test_after_reply_hooks_finish_when_the_reader_stops_at_the_reply(
     assert finished[0] == "You said: teach me"
 
 
-async def test_a_stream_without_finish_chunk_counts_as_stopped(isolated_env: Path) -> None:
+async def test_a_stream_without_finish_chunk_counts_as_stopped(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     class Minimal(FakeBackend):
         async def stream(self, messages: Any, options: Any) -> AsyncIterator[Any]:
             async for chunk in super().stream(messages, options):
                 if chunk.finish_reason is None:
                     yield chunk
 
-    app = await create_app(make_settings(isolated_env), backend=Minimal())
+    app = await new_app(make_settings(isolated_env), backend=Minimal())
     await app.start()
     final = (await collect(app.engine.handle(msg("hi"))))[-1]
     assert isinstance(final, Reply) and final.finish_reason == "stop"

@@ -433,6 +433,15 @@ async def test_seeded_sampling_is_reproducible(backend: TransformersBackend) -> 
     first, _ = await collect(backend, STORY, options)
     second, _ = await collect(backend, STORY, options)
     assert first and first == second
+    # ...and it really samples: other seeds, hotter, do not all give the greedy text.
+    greedy, _ = await collect(backend, STORY, GenerationSettings(max_new_tokens=16))
+    sampled = {
+        (await collect(backend, STORY, options.model_copy(update={"seed": s, "temperature": 1.5})))[
+            0
+        ]
+        for s in (1, 2, 3)
+    }
+    assert sampled != {greedy} and len(sampled) > 1
 
 
 @pytest.mark.model

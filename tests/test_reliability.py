@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 
 from chatcore import hookimpl
 from chatcore.adapters.terminal import TerminalAdapter
-from chatcore.app import create_app
 from chatcore.commands import Command
 from chatcore.events import ConversationKey
 from chatcore.generation.fake import FakeBackend
@@ -32,7 +31,7 @@ from chatcore.generation.types import ChatMessage, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.inmemory import InMemoryConversationStore
 from chatcore.text import clean_input, terminal_safe
-from tests.conftest import make_settings, run_chatcore
+from tests.conftest import AppFactory, make_settings, run_chatcore
 from tests.plugin_fixtures import install_plugin
 from tests.test_engine import collect, msg
 
@@ -159,12 +158,12 @@ async def test_a_message_empty_after_the_input_rule_is_refused_without_a_model_c
 
 
 async def test_escape_sequences_from_the_model_and_plugins_never_reach_the_terminal(
-    isolated_env: Path,
+    isolated_env: Path, new_app: AppFactory
 ) -> None:
     backend = FakeBackend()
     backend.enqueue(ESCAPES)
     backend.enqueue([GenerationError("\x1b]0;err\x07 the model failed")])
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     app.plugins.add_plugin(_EscapingCommand(), "escaping")
     await app.plugins.collect("escaping")
     out, err = io.StringIO(), io.StringIO()
@@ -254,11 +253,13 @@ def test_a_broken_pipe_is_one_line_and_exit_1(isolated_env: Path) -> None:
     assert proc.stderr.read() == b"error: cannot write to standard output (Broken pipe); stopping\n"
 
 
-async def test_a_user_name_with_markup_starts_the_chat(isolated_env: Path) -> None:
+async def test_a_user_name_with_markup_starts_the_chat(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    app = await create_app(make_settings(isolated_env), backend=FakeBackend())
+    app = await new_app(make_settings(isolated_env), backend=FakeBackend())
     err = io.StringIO()
     try:
         with create_pipe_input() as pipe:
@@ -407,11 +408,11 @@ def test_a_shutdown_past_its_time_limit_exits(signal_env: dict[str, str], tmp_pa
 
 
 async def test_shutdown_order_stores_the_partial_reply_before_the_hooks_run(
-    isolated_env: Path,
+    isolated_env: Path, new_app: AppFactory
 ) -> None:
     backend = FakeBackend(delay=0.01)
     backend.enqueue([f" w{i}" for i in range(1000)])
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     order: list[str] = []
     key = msg("").conversation
 
@@ -504,11 +505,13 @@ def test_the_data_directory_and_history_are_private(isolated_env: Path) -> None:
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
 
 
-async def test_a_new_history_file_is_created_private(isolated_env: Path) -> None:
+async def test_a_new_history_file_is_created_private(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    app = await create_app(make_settings(isolated_env), backend=FakeBackend())
+    app = await new_app(make_settings(isolated_env), backend=FakeBackend())
     try:
         with create_pipe_input() as pipe:
             adapter = app.adapter(

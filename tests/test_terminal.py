@@ -21,7 +21,7 @@ from chatcore.events import ConversationKey
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage
 from chatcore.lifecycle import ShutdownSignals
-from tests.conftest import make_settings, run_chatcore
+from tests.conftest import AppFactory, make_settings, run_chatcore
 
 runner = CliRunner()
 
@@ -135,10 +135,12 @@ async def test_interactive_chat_ends_on_ctrl_d(app: App, pipe: PipeInput) -> Non
     assert "You said: hi" in out.getvalue()
 
 
-async def test_ctrl_c_stops_the_reply_but_not_the_chat(isolated_env: Path, pipe: PipeInput) -> None:
+async def test_ctrl_c_stops_the_reply_but_not_the_chat(
+    isolated_env: Path, pipe: PipeInput, new_app: AppFactory
+) -> None:
     backend = FakeBackend(delay=0.02)
     backend.enqueue([f" w{i}" for i in range(200)])
-    app = await create_app(make_settings(isolated_env), backend=backend)
+    app = await new_app(make_settings(isolated_env), backend=backend)
     # The app's signal routing, not installed: the test delivers SIGINT itself (never a real
     # signal to the test runner).
     exits: list[int] = []
