@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
@@ -28,7 +28,8 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chatcore import hookimpl
-from chatcore.app import AdapterContext
+from chatcore.adapter_api import AdapterContext
+from chatcore.config import AdapterSettings
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError
 from chatcore.files import private_file
 from chatcore.text import clean_input, terminal_safe
@@ -42,6 +43,13 @@ KEYS_HELP = (
     "Keys: Enter sends, Alt-Enter (or Esc then Enter) starts a new line, Up/Down walk the "
     "history, Ctrl-C stops a reply, Ctrl-D or /quit leaves."
 )
+
+
+class TerminalSettings(AdapterSettings):
+    """``[adapters.terminal]``: the terminal chat (``chatcore chat``)."""
+
+    user: str = ""
+    history_file: str = ""
 
 
 class OutputClosedError(Exception):
@@ -79,8 +87,8 @@ class TerminalAdapter:
         prompt_output: Output | None = None,
     ) -> None:
         self.context = context
-        self.engine = context.engine
-        settings = context.settings.adapters.terminal
+        self.chat = context.chat
+        settings: TerminalSettings = context.settings
         self.user = user or settings.user or login_name()
         self.stdin = stdin or sys.stdin or _ClosedStream()
         self.stdout = stdout or sys.stdout or _ClosedStream()
@@ -90,7 +98,7 @@ class TerminalAdapter:
         self.interactive = interactive
         self.prompt_input = prompt_input
         self.prompt_output = prompt_output
-        history_file = settings.history_file or str(context.settings.home_path / "terminal_history")
+        history_file = settings.history_file or str(context.home / "terminal_history")
         self.history_path = Path(history_file).expanduser()
         self.errors = Console(file=self.stderr, highlight=False, soft_wrap=True)
 
@@ -131,12 +139,12 @@ class TerminalAdapter:
     async def _start(self) -> None:
         """Start the app (load the model) behind a spinner with the elapsed time."""
         if not (self.interactive or self.stderr.isatty()):
-            await self.context.start()
+            await self.chat.ready()
             return
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=self.errors, transient=True) as progress:
             progress.add_task("Loading the model (the first start prepares it once, ~30 s)")
-            await self.context.start()
+            await self.chat.ready()
 
     # -- piped: one message per line; a line ending in a backslash continues ----------------------
 
@@ -258,7 +266,7 @@ class TerminalAdapter:
         cut = False
         # In a terminal "bot> " is already on the line, so the reply must end it.
         at_line_start = not self.interactive
-        async with aclosing(self.engine.handle(message)) as events:
+        async with aclosing(self.chat.send(message)) as events:
             async for event in events:
                 shown = ""
                 if isinstance(event, ReplyChunk):
@@ -350,5 +358,5 @@ def _no_echo(stream: TextIO) -> Iterator[None]:
 
 
 @hookimpl
-def register_adapters(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    register("terminal", TerminalAdapter)
+def register_adapters(register: Callable[..., None]) -> None:
+    register("terminal", TerminalAdapter, settings=TerminalSettings)

@@ -1,52 +1,46 @@
-"""Assembles a running chatcore: plugins, the chosen backend, the store and the engine; runs an
-adapter around them and stops it all gracefully.
+"""Assembles a running chatcore: plugins, the chosen backend, the store and the engine, and
+the adapters around them; stops it all gracefully.
 
-Adapters receive an ``AdapterContext``: the engine to talk to and their own settings, nothing
-else, so they cannot reach storage, prompts or models.
+Adapters receive an ``AdapterContext`` (``chatcore.adapter_api``): a narrow chat surface and
+their own settings, nothing else, so they cannot reach storage, prompts or models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from chatcore.config import ConfigError, Settings
+from chatcore.adapter_api import Adapter, AdapterContext, CommandInfo
+from chatcore.config import ConfigError, Settings, section_settings
 from chatcore.engine import Engine
+from chatcore.events import Message, ReplyEvent
 from chatcore.files import secure_tree
 from chatcore.generation.types import Backend, GenerationError
-from chatcore.lifecycle import ShutdownSignals, exit_code
+from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.inmemory import InMemoryConversationStore
 from chatcore.plugins import PluginError, PluginHost, Registry
 
 log = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class Adapter(Protocol):
-    """A platform connection: runs until the platform session ends; returns an exit code."""
+class AppChat:
+    """The ``ChatService`` adapters get: the engine's ``handle``, the command list and the
+    app's start, nothing else."""
 
-    async def run(self) -> int: ...
+    def __init__(self, app: App) -> None:
+        self._app = app
 
+    def send(self, message: Message) -> AsyncGenerator[ReplyEvent, None]:
+        return self._app.engine.handle(message)
 
-@dataclass(frozen=True, slots=True)
-class AdapterContext:
-    """What an adapter factory gets: ``register(name, factory)`` with
-    ``factory(context, **options) -> Adapter``."""
+    def commands(self) -> list[CommandInfo]:
+        return [CommandInfo(name, cmd.help) for name, cmd in self._app.plugins.commands.items()]
 
-    settings: Settings
-    engine: Engine
-    start: Callable[[], Awaitable[None]]
-    """Start the app (loads the model; may take a while): adapters show progress around it."""
-    stopping: asyncio.Event
-    """Set when the app is shutting down: take no more messages, and return from ``run`` once
-    the replies in flight have ended (the engine ends each with a ``cancelled`` notice)."""
-    interrupts_to: Callable[[Callable[[], object]], AbstractContextManager[None]]
-    """``with context.interrupts_to(callback):`` SIGINT calls ``callback`` instead of shutting
-    down (the terminal stops a reply with Ctrl-C). Does nothing where signals are not handled."""
+    async def ready(self) -> None:
+        await self._app.start()
 
 
 class App:
@@ -97,14 +91,24 @@ class App:
             await self.plugins.call("shutdown")
         await self.engine.close()
 
+    def adapter_settings(self, name: str) -> Any:
+        """The validated ``[adapters.<name>]`` section of a registered adapter."""
+        spec = self.plugins.adapters.get(name)
+        return section_settings(self.settings, name, spec.settings)
+
     def adapter(self, name: str, **options: Any) -> Adapter:
-        """Create the adapter a plugin registered as ``name``."""
-        factory = self.plugins.adapters.get(name)
+        """Create the adapter a plugin registered as ``name``, with its validated settings."""
+        spec = self.plugins.adapters.get(name)
         context = AdapterContext(
-            self.settings, self.engine, self.start, self.stopping, self._interrupts_to
+            name=name,
+            settings=self.adapter_settings(name),
+            chat=AppChat(self),
+            home=self.settings.home_path,
+            stopping=self.stopping,
+            interrupts_to=self._interrupts_to,
         )
         with _blame(self.plugins.adapters, name, "failed to start"):
-            adapter = factory(context, **options)
+            adapter = spec.factory(context, **options)
         if not isinstance(adapter, Adapter):
             owner = self.plugins.adapters.owner(name)
             raise PluginError(f"adapter {name!r} from plugin {owner!r} has no `async run()`")
@@ -114,44 +118,6 @@ class App:
         if self.signals is None:
             return nullcontext()
         return self.signals.interrupts_to(callback)
-
-
-async def run_adapter(
-    settings: Settings, name: str, *, signal_exit_codes: bool = True, **options: Any
-) -> int:
-    """Run one adapter around a new app until it ends or a signal stops it, then close the app.
-
-    SIGINT, SIGTERM and SIGHUP all stop it the same way: adapters take no more messages,
-    replies in flight end with a notice (their text stored), ``shutdown`` hooks run, then the
-    store and the backend close; all within ``lifecycle.shutdown_timeout`` seconds. Returns the
-    adapter's exit code, or 128 + the signal's number after a signal when ``signal_exit_codes``.
-    """
-    app = await create_app(settings)
-    grace = settings.lifecycle.shutdown_timeout
-    signals = ShutdownSignals(app.request_stop, grace=grace)
-    if signals.install():
-        app.signals = signals
-    try:
-        runner = asyncio.create_task(app.adapter(name, **options).run())
-        stopping = asyncio.create_task(app.stopping.wait())
-        await asyncio.wait([runner, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not runner.done():
-            # Still loading: nothing to finish. Serving: let the adapter show how the replies
-            # in flight ended, for at most half the grace period.
-            if app.started:
-                await asyncio.wait([runner], timeout=grace / 2)
-            runner.cancel()
-            await asyncio.wait([runner])
-        code = 1 if runner.cancelled() else runner.result()
-    finally:
-        try:
-            await app.close()
-        finally:
-            signals.uninstall()
-    if signals.received is not None:
-        return exit_code(signals.received) if signal_exit_codes else 0
-    return code
 
 
 async def create_app(
@@ -176,7 +142,27 @@ async def create_app(
         limit=settings.context.history_limit,
         max_conversations=settings.storage.max_conversations_in_memory,
     )
-    return App(settings, plugins, Engine(settings, backend, store, plugins))
+    app = App(settings, plugins, Engine(settings, backend, store, plugins))
+    _check_adapter_sections(app)
+    return app
+
+
+def _check_adapter_sections(app: App) -> None:
+    """Validate every ``[adapters.*]`` section now, so a mistake is one line before anything
+    starts; a section no adapter registered is a mistake only when it is enabled."""
+    for name, raw in app.settings.adapters.items():
+        if name in app.plugins.adapters:
+            app.adapter_settings(name)
+        elif raw.get("enabled") in (True, "true", "True", "1", 1):
+            known = ", ".join(app.plugins.adapters.names()) or "none"
+            raise ConfigError(
+                [
+                    f"config error: [adapters.{name}] is enabled but no plugin registers an "
+                    f"adapter named {name!r}; adapters: {known} (see `chatcore plugins`)"
+                ]
+            )
+        else:
+            log.info("[adapters.%s]: no plugin registers an adapter by that name", name)
 
 
 @contextmanager

@@ -20,7 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from chatcore import __version__
-from chatcore.config import ConfigError, Settings, load_settings, mask_url, masked_settings
+from chatcore.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    mask_url,
+    masked_settings,
+    section_settings,
+)
 from chatcore.generation.types import GenerationError
 from chatcore.plugins import PluginError, PluginHost
 from chatcore.text import terminal_safe
@@ -95,18 +102,58 @@ def chat(
 ) -> None:
     """Chat with the model in the terminal. Piped input: one message per line."""
     settings = _settings(config)
-    code = _run(settings, "terminal", user=user)
+    code = _run(settings, ["terminal"], {"terminal": {"user": user}}, signal_exit_codes=True)
     raise typer.Exit(code)
 
 
-def _run(settings: Settings, adapter_name: str, **options: Any) -> int:
-    from chatcore.app import run_adapter
+@app.command()
+def run(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Adapters to start (default: every one with enabled = true).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the bot: start the enabled adapters (or the named ones) around one engine."""
+    settings = _settings(config)
+    raise typer.Exit(_run(settings, names or None))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.", min=0, max=65535)] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the WebSocket chat and its web page (`chatcore run websocket`)."""
+    settings = _settings(config)
+    section = dict(settings.adapters.get("websocket", {}))
+    section.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    adapters = {**settings.adapters, "websocket": section}
+    raise typer.Exit(_run(settings.model_copy(update={"adapters": adapters}), ["websocket"]))
+
+
+def _run(
+    settings: Settings,
+    names: list[str] | None,
+    options: dict[str, dict[str, Any]] | None = None,
+    *,
+    signal_exit_codes: bool = False,
+) -> int:
+    from chatcore.adapter_api import AdapterStartError
+    from chatcore.runner import run_adapters
 
     try:
-        return asyncio.run(run_adapter(settings, adapter_name, **options))
+        return asyncio.run(
+            run_adapters(settings, names, options=options, signal_exit_codes=signal_exit_codes)
+        )
     except ConfigError as error:
         raise _fail(error.lines) from None
     except (PluginError, GenerationError) as error:
+        raise _fail([f"error: {error}"]) from None
+    except AdapterStartError as error:
         raise _fail([f"error: {error}"]) from None
     except KeyboardInterrupt:
         return 130
@@ -120,6 +167,7 @@ def config_show(
     """Print the effective configuration (defaults, file and environment), secrets masked."""
     settings = _settings(config)
     data = masked_settings(settings)
+    data["adapters"] = _adapter_sections(settings)
     data["home"] = str(settings.home_path)
     data["storage"]["url"] = mask_url(settings.storage_url)
     if as_json:
@@ -148,6 +196,22 @@ def list_plugins(
         cells = (info.name, info.source, status, registered or "-", ", ".join(info.hooks) or "-")
         table.add_row(*(Text(terminal_safe(cell)) for cell in cells))
     Console(soft_wrap=False, width=max(100, Console().width)).print(table)
+
+
+def _adapter_sections(settings: Settings) -> dict[str, Any]:
+    """Every registered adapter's section, validated and with its secrets masked; a section no
+    plugin registers is shown with its values masked (nothing can say which are secret)."""
+    host = PluginHost()
+    asyncio.run(host.load(settings))
+    sections: dict[str, Any] = {}
+    try:
+        for name, spec in host.adapters.items():
+            sections[name] = masked_settings(section_settings(settings, name, spec.settings))
+    except ConfigError as error:
+        raise _fail(error.lines) from None
+    for name, raw in settings.adapters.items():
+        sections.setdefault(name, {key: "********" for key in raw})
+    return sections
 
 
 def _to_toml(data: dict[str, Any]) -> str:

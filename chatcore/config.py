@@ -7,6 +7,7 @@ variables. Secrets (``SecretStr`` fields) are accepted only from the environment
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,10 +15,19 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -102,17 +112,27 @@ class StorageSettings(_Section):
         return value
 
 
-class TerminalSettings(_Section):
-    """The terminal chat (``chatcore chat``)."""
+class AdapterSettings(_Section):
+    """The base of an adapter's section ``[adapters.<name>]``: each adapter registers a subclass
+    with its own keys, validated when the app is built, with the same one-line errors and
+    secret rules as the core settings. Values from the environment arrive as text: tables and
+    lists are JSON there."""
 
-    user: str = ""
-    history_file: str = ""
+    enabled: bool = False
+    """Whether ``chatcore run`` starts this adapter."""
 
-
-class AdaptersSettings(_Section):
-    """Per-adapter settings."""
-
-    terminal: TerminalSettings = TerminalSettings()
+    @model_validator(mode="before")
+    @classmethod
+    def _json_from_environment(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        decoded = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is not None and isinstance(value, str) and _is_structured(field.annotation):
+                with contextlib.suppress(ValueError):
+                    decoded[name] = json.loads(value)
+        return decoded
 
 
 class PluginsSettings(_Section):
@@ -153,7 +173,9 @@ class Settings(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     context: ContextSettings = ContextSettings()
     storage: StorageSettings = StorageSettings()
-    adapters: AdaptersSettings = AdaptersSettings()
+    adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Raw ``[adapters.<name>]`` sections; each is validated by ``section_settings`` against
+    the model its adapter registered."""
     plugins: PluginsSettings = PluginsSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -173,6 +195,9 @@ class Settings(BaseSettings):
                 k: v for k, v in env_settings.env_vars.items() if k.lower() not in _NOT_SETTINGS
             }
         return (init_settings, env_settings)
+
+    _origin: dict[tuple[str, ...], Path] = PrivateAttr(default_factory=dict)
+    """Which file set each value that came from a file (for error messages)."""
 
     @property
     def home_path(self) -> Path:
@@ -243,8 +268,31 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     except SettingsError as error:  # a value the environment source could not parse
         raise ConfigError([f"config error: {error}"]) from None
     settings = Settings.model_validate(dict(loaded))
+    settings._origin = origin
     _check_consistency(settings)
     return settings
+
+
+M = TypeVar("M", bound=AdapterSettings)
+
+
+def section_settings(settings: Settings, name: str, model: type[M]) -> M:
+    """Validate the section ``[adapters.<name>]`` against ``model``; raise ``ConfigError`` with
+    one line per problem, naming where each value came from. Secrets in files are refused."""
+    prefix = ("adapters", name)
+    secrets_in_files = [
+        f"config error: {'.'.join(loc)} is a secret and must not be in "
+        f"{settings._origin[loc]}; remove it there and set the environment variable "
+        f"{_env_name(loc)} instead"
+        for loc in ((*prefix, *path) for path in _secret_paths(model))
+        if loc in settings._origin
+    ]
+    if secrets_in_files:
+        raise ConfigError(secrets_in_files)
+    try:
+        return model.model_validate(settings.adapters.get(name, {}))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, settings._origin, prefix, model)) from None
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -420,11 +468,18 @@ def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
             into[key] = dict(value) if isinstance(value, Mapping) else value
 
 
-def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) -> list[str]:
+def _describe(
+    error: ValidationError,
+    origin: Mapping[tuple[str, ...], Path],
+    prefix: tuple[str, ...] = (),
+    root: type[BaseModel] | None = None,
+) -> list[str]:
+    """One line per validation error of ``root`` (the settings, or a section at ``prefix``)."""
     lines = []
     present = {name.upper() for name in os.environ}
     for item in error.errors():
-        loc = tuple(str(part) for part in item["loc"])
+        relative = tuple(str(part) for part in item["loc"])
+        loc = (*prefix, *relative)
         key = ".".join(loc)
         # The value came from the longest prefix of its path that the environment or a file set.
         prefixes = [loc[:n] for n in range(len(loc), 0, -1)]
@@ -435,7 +490,7 @@ def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) ->
         else:
             source = f"from {found}" if found else "from defaults"
         if item["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
+            allowed = ", ".join(_allowed_keys(relative[:-1], root or Settings)) or "none"
             lines.append(
                 f"config error: {key} ({source}) is not a known key; allowed here: {allowed}"
             )
@@ -447,8 +502,7 @@ def _describe(error: ValidationError, origin: Mapping[tuple[str, ...], Path]) ->
     return lines
 
 
-def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
-    model: type[BaseModel] = Settings
+def _allowed_keys(loc: tuple[str, ...], model: type[BaseModel]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(part)
         nested = _section(field.annotation) if field is not None else None

@@ -258,7 +258,8 @@ class Engine:
             finally:
                 await _close_stream(stream)
         except GenerationError as error:
-            request.emit(ReplyError(message.id, "backend_error", str(error)))
+            summary = "The model could not answer"
+            request.emit(_logged_failure(message, "backend_error", summary, error))
             return
         finally:
             # Nothing is lost: the user's message stays, and so does a partial reply.

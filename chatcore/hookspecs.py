@@ -40,8 +40,8 @@ def register_backends(register: Callable[[str, Callable[[Settings], Any]], None]
 
 
 @hookspec
-def register_adapters(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register platform adapters: ``register(name, factory)``, factory(context, **options)."""
+def register_adapters(register: Callable[..., None]) -> None:
+    """Register platform adapters: ``register(name, factory, settings=Model)``."""
 
 
 @hookspec

@@ -21,8 +21,9 @@ from typing import Any, Generic, Literal, TypeVar
 import pluggy
 
 from chatcore import hookspecs
+from chatcore.adapter_api import AdapterSpec
 from chatcore.commands import Command
-from chatcore.config import PLUGINS_ENV, PluginsSettings, Settings
+from chatcore.config import PLUGINS_ENV, AdapterSettings, PluginsSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.backends: Registry[Callable[[Settings], Any]] = Registry("backend")
-        self.adapters: Registry[Callable[..., Any]] = Registry("adapter")
+        self.adapters: Registry[AdapterSpec] = Registry("adapter")
         self.commands: Registry[Command] = Registry("command")
 
     # -- loading -------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ class PluginHost:
     async def _collect_registrations(self, only: str | None = None) -> None:
         collectors: list[tuple[str, Registry[Any], Callable[..., tuple[str, Any]]]] = [
             ("register_backends", self.backends, lambda name, factory: (name, factory)),
-            ("register_adapters", self.adapters, lambda name, factory: (name, factory)),
+            ("register_adapters", self.adapters, _adapter_entry),
             ("register_commands", self.commands, _command_entry),
         ]
         for hook_name, registry, to_entry in collectors:
@@ -224,22 +225,26 @@ class PluginHost:
                 if (only is not None and owner != only) or self.infos[owner].status != "loaded":
                     continue
 
-                def register(
-                    *args: Any,
-                    _reg: Registry[Any] = registry,
-                    _owner: str = owner,
-                    _to: Callable[..., tuple[str, Any]] = to_entry,
-                ) -> None:
-                    name, item = _to(*args)
-                    _reg.add(name, item, _owner)
-                    self.infos[_owner].registered.setdefault(_reg.kind, []).append(name)
-
+                register = partial(self._register, registry, owner, to_entry)
                 try:
                     await self.invoke(
                         owner, f"hook {hook_name}", impl.function, {"register": register}
                     )
                 except PluginFault as fault:
                     self._disable(owner, fault.detail)
+
+    def _register(
+        self,
+        registry: Registry[Any],
+        owner: str,
+        to_entry: Callable[..., tuple[str, Any]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """The ``register`` callable a ``register_*`` hook of ``owner`` receives."""
+        name, item = to_entry(*args, **kwargs)
+        registry.add(name, item, owner)
+        self.infos[owner].registered.setdefault(registry.kind, []).append(name)
 
     def _disable(self, name: str, error: str) -> None:
         log.warning("plugin %r disabled: %s", name, error)
@@ -372,6 +377,17 @@ def _being_cancelled() -> bool:
 
 def _import(module: str) -> object:
     return importlib.import_module(module)
+
+
+def _adapter_entry(
+    name: str, factory: Callable[..., Any], settings: type[AdapterSettings] = AdapterSettings
+) -> tuple[str, AdapterSpec]:
+    if not (isinstance(settings, type) and issubclass(settings, AdapterSettings)):
+        raise PluginError(
+            f"register_adapters: the settings of {name!r} must subclass "
+            f"chatcore.config.AdapterSettings, not {settings!r}"
+        )
+    return name, AdapterSpec(factory, settings)
 
 
 def _command_entry(command: Any) -> tuple[str, Command]:
