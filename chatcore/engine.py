@@ -47,19 +47,19 @@ class _Request:
 
     message: Message
     events: asyncio.Queue[ReplyEvent | None] = field(default_factory=asyncio.Queue)
-    answered: bool = False
-    """The final ``Reply`` or ``ReplyError`` was queued."""
+    final: Reply | ReplyError | None = None
+    """The final event, once queued."""
     ended: bool = False
 
     def emit(self, event: ReplyEvent) -> None:
         if isinstance(event, Reply | ReplyError):
-            self.answered = True
+            self.final = event
         self.events.put_nowait(event)
 
     def end(self, notice: str = STOPPED) -> None:
         """Close the stream, with a ``ReplyError`` first if no final event went out."""
         if not self.ended:
-            if not self.answered:
+            if self.final is None:
                 self.emit(ReplyError(self.message.id, "cancelled", notice))
             self.ended = True
             self.events.put_nowait(_END)
@@ -143,12 +143,11 @@ class Engine:
             user_name=None if message.user_name is None else clean_input(message.user_name),
         )
         request = _Request(message)
-        if self._stopping:
+        if self._stopping or not message.text.strip():
+            if not self._stopping:
+                request.emit(ReplyError(message.id, "empty_message", "The message is empty."))
             request.end(SHUTTING_DOWN)
-            return _replay(request)
-        if not message.text.strip():
-            request.emit(ReplyError(message.id, "empty_message", "The message is empty."))
-            request.end()
+            _log_outcome(request)
             return _replay(request)
         key = message.conversation
         task = asyncio.create_task(self._process(request, self._tails.get(key)))
@@ -163,6 +162,7 @@ class Engine:
             del self._tails[key]
         # The one place streams end, also for a task cancelled before it ran.
         request.end(SHUTTING_DOWN if self._stopping else STOPPED)
+        _log_outcome(request)
 
     async def _drain(
         self, task: asyncio.Task[None], request: _Request
@@ -173,7 +173,7 @@ class Engine:
         finally:
             # A reader that leaves before the final event stops the reply; one that leaves
             # after it lets the after-reply hooks finish.
-            if not task.done() and not request.answered:
+            if not task.done() and request.final is None:
                 task.cancel()
 
     async def _process(self, request: _Request, previous: asyncio.Task[None] | None) -> None:
@@ -285,6 +285,18 @@ def _logged_failure(
     else:
         log.error("%s (ref %s, message %s): %s", summary, reference, message.id, cause)
     return ReplyError(message.id, code, f"{summary} (ref {reference}); it was logged.")
+
+
+def _log_outcome(request: _Request) -> None:
+    """One log line per message: its conversation, its id and how it ended."""
+    final, message = request.final, request.message
+    if isinstance(final, Reply):
+        outcome = f"replied ({final.finish_reason}, {final.usage.completion_tokens} tokens)"
+    elif isinstance(final, ReplyError):
+        outcome = f"error {final.code}"
+    else:
+        outcome = "no answer"
+    log.info("message %s in %s: %s", message.id, message.conversation, outcome)
 
 
 async def _replay(request: _Request) -> AsyncGenerator[ReplyEvent, None]:

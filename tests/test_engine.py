@@ -4,6 +4,7 @@ conversation and concurrency across conversations, cancellation, hooks."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -369,3 +370,17 @@ async def test_a_stream_without_finish_chunk_counts_as_stopped(
     final = (await collect(app.engine.handle(msg("hi"))))[-1]
     assert isinstance(final, Reply) and final.finish_reason == "stop"
     await app.close()
+
+
+async def test_each_message_is_one_log_line_with_its_conversation_and_id(
+    fake_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatcore.engine")
+    first, second = msg("hello"), msg("/nope")
+    await collect(fake_app.engine.handle(first))
+    await collect(fake_app.engine.handle(second))
+    lines = [r.getMessage() for r in caplog.records if r.name == "chatcore.engine"]
+    assert lines == [
+        f"message {first.id} in test:c1:alice: replied (stop, 3 tokens)",
+        f"message {second.id} in test:c1:alice: error unknown_command",
+    ]
