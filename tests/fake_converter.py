@@ -1,7 +1,8 @@
 """A stand-in for ``python -m chatcore.generation.convert`` in tests: writes a tiny model folder
 in milliseconds, or fails, hangs or dies as asked; every run appends its pid to ``--record``.
 
-Run as a script (standard library only), so a fake conversion costs one interpreter start.
+Run as a script (standard library only), so a fake conversion costs one interpreter start;
+``FakeConverter`` builds its command line, as a backend's ``converter``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,41 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG = '{"model_type": "fake", "vocab_size": 256}\n'
 WEIGHTS = bytes(range(256)) * 64
 TOKENIZER = '{"version": "1.0", "model": {"type": "fake"}}\n'
 MODES = ("ok", "garbage", "fail", "hang", "killed")
+
+
+@dataclass
+class FakeConverter:
+    """Builds the command line of tests/fake_converter.py; counts its runs in ``record``."""
+
+    record: Path
+    mode: str = "ok"
+    delay: float = 0.0
+
+    def __call__(self, gguf: Path, out: Path) -> list[str]:
+        return [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            f"--mode={self.mode}",
+            f"--delay={self.delay}",
+            f"--record={self.record}",
+            str(gguf),
+            str(out),
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(p) for p in self.record.read_text().split()] if self.record.exists() else []
+
+    @property
+    def runs(self) -> int:
+        return len(self.pids)
 
 
 def main() -> int:

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,39 +38,11 @@ from chatcore.generation.model_cache import (
 )
 from chatcore.generation.model_files import ModelLocation, PreparedModel, prepare_model
 from chatcore.generation.types import ChatMessage, GenerationError
+from tests.fake_converter import FakeConverter
 
-FAKE_CONVERTER = Path(__file__).with_name("fake_converter.py")
 FRANCE = [ChatMessage("user", "What is the capital of France?")]
 GUARD_SECONDS = 30.0
 """How long a test waits for something that takes milliseconds (a guard against hanging)."""
-
-
-@dataclass
-class FakeConverter:
-    """Builds the command line of tests/fake_converter.py; counts its runs in ``record``."""
-
-    record: Path
-    mode: str = "ok"
-    delay: float = 0.0
-
-    def __call__(self, gguf: Path, out: Path) -> list[str]:
-        return [
-            sys.executable,
-            str(FAKE_CONVERTER),
-            f"--mode={self.mode}",
-            f"--delay={self.delay}",
-            f"--record={self.record}",
-            str(gguf),
-            str(out),
-        ]
-
-    @property
-    def pids(self) -> list[int]:
-        return [int(p) for p in self.record.read_text().split()] if self.record.exists() else []
-
-    @property
-    def runs(self) -> int:
-        return len(self.pids)
 
 
 @pytest.fixture
@@ -344,7 +315,7 @@ def test_two_processes_on_an_empty_cache_convert_once(
         "import sys\n"
         "from pathlib import Path\n"
         "from chatcore.generation.model_files import ModelLocation, prepare_model\n"
-        "from tests.test_model_cache import FakeConverter\n"
+        "from tests.fake_converter import FakeConverter\n"
         f"fake = FakeConverter(Path({str(fake.record)!r}), delay={fake.delay})\n"
         f"location = ModelLocation(Path({str(location.folder)!r}), 'm.gguf')\n"
         f"prepared = prepare_model(location, Path({str(home)!r}), converter=fake)\n"
