@@ -24,7 +24,12 @@ PROMPT = "Write a long, detailed story about a dragon who learns to bake bread."
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """The peak RSS of this process or of its largest child (the GGUF converter)."""
+    peaks = (
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return max(peaks) / 1024  # KiB on Linux
 
 
 def _report(data: dict[str, Any]) -> None:

@@ -131,60 +131,6 @@ def test_cache_key_changes_with_the_file(tmp_path: Path) -> None:
     assert model_files.cache_dir(location, tmp_path / "home") != first
 
 
-def _fake_write(out: Path) -> None:
-    out.mkdir(parents=True)
-    (out / "config.json").write_text("{}")
-    (out / "model.safetensors").write_bytes(b"weights")
-
-
-def test_conversion_crash_leaves_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(location: ModelLocation, out: Path) -> None:
-        out.mkdir(parents=True)
-        (out / "config.json").write_text("{}")
-        raise RuntimeError("killed mid-way")
-
-    monkeypatch.setattr(model_files, "_write_converted", crash)
-    target = tmp_path / "models" / "m-key"
-    with pytest.raises(RuntimeError):
-        model_files.convert_gguf(ModelLocation(tmp_path, "m.gguf"), target)
-    assert not target.exists()
-    assert list((tmp_path / "models").iterdir()) == []
-
-
-def test_concurrent_converter_keeps_the_first_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "models" / "m-key"
-
-    def slow_write(location: ModelLocation, out: Path) -> None:
-        _fake_write(out)
-        _fake_write(target)  # another process finished first
-        (target / "winner").write_text("first")
-
-    monkeypatch.setattr(model_files, "_write_converted", slow_write)
-    model_files.convert_gguf(ModelLocation(tmp_path, "m.gguf"), target)
-    assert (target / "winner").is_file()
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["m-key"]
-
-
-def test_prepare_uses_a_complete_cache_and_redoes_a_broken_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    location = ModelLocation(tmp_path, "m.gguf")
-    home = tmp_path / "home"
-    calls: list[Path] = []
-    monkeypatch.setattr(model_files, "convert_gguf", lambda loc, target: calls.append(target))
-    target = model_files.cache_dir(location, home)
-    target.mkdir(parents=True)
-    (target / "config.json").write_text("{}")  # weights missing: broken
-    prepared = model_files.prepare_model(location, home)
-    assert prepared.converted and calls == [target]
-    _fake_write(target)
-    prepared = model_files.prepare_model(location, home)
-    assert prepared.from_cache and not prepared.converted and len(calls) == 1
-
-
 # -- backend machinery (no model needed) ------------------------------------------------------
 
 
@@ -202,7 +148,7 @@ async def test_concurrent_loads_share_one_and_failures_can_retry(
     calls: list[str] = []
     outcome: list[Any] = [RuntimeError("disk on fire"), "loaded"]
 
-    def fake_load() -> Any:
+    def fake_load(cancel: threading.Event) -> Any:
         calls.append(threading.current_thread().name)
         time.sleep(0.1)
         result = outcome.pop(0)
@@ -468,7 +414,7 @@ async def test_errors_in_generate_are_generation_errors(
 async def test_second_backend_loads_from_the_cache(
     backend: TransformersBackend, model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_conversion(*args: Any) -> None:
+    def no_conversion(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the GGUF file was converted again")
 
     assert backend.prepared.converted

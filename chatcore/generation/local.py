@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from chatcore.config import GenerationSettings, ModelSettings, Settings
 from chatcore.events import FinishReason, Usage
-from chatcore.generation import model_files
+from chatcore.generation import model_cache, model_files
 from chatcore.generation.stops import StopStringFilter
 from chatcore.generation.types import ChatMessage, Chunk, GenerationError
 
@@ -118,12 +119,23 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: ModelSettings, home: Path) -> None:
+    def __init__(
+        self,
+        model: ModelSettings,
+        home: Path,
+        *,
+        converter: model_cache.ConverterCommand | None = None,
+    ) -> None:
+        """``converter`` replaces the command line of the GGUF converter process (tests)."""
         self.model_settings = model
         self.home = home
+        self.converter = converter or functools.partial(
+            model_cache.converter_command, threads=model.threads
+        )
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._load_future: concurrent.futures.Future[_Loaded] | None = None
+        self._load_cancel: threading.Event | None = None
         self._loaded: _Loaded | None = None
         self._active: dict[threading.Event, Callable[[_Event], None]] = {}
 
@@ -139,7 +151,8 @@ class TransformersBackend:
             if self._loaded is not None:
                 return
             if self._load_future is None:
-                self._load_future = self._worker().submit(self._load_sync)
+                self._load_cancel = threading.Event()
+                self._load_future = self._worker().submit(self._load_sync, self._load_cancel)
             future = self._load_future
         try:
             loaded = await _wait(future)
@@ -163,11 +176,15 @@ class TransformersBackend:
         return self._require_loaded().tokenizer
 
     async def close(self) -> None:
-        """Stop running generations, wait for the worker to finish and drop the model."""
+        """Stop running generations and a model conversion in progress, wait for the worker to
+        finish and drop the model."""
         with self._lock:
             executor, self._executor = self._executor, None
             self._load_future = None
+            load_cancel, self._load_cancel = self._load_cancel, None
             active = list(self._active.items())
+        if load_cancel is not None:
+            load_cancel.set()  # a conversion's child process is killed within a poll interval
         for cancel, emit in active:
             cancel.set()  # a running generation stops within one token
             emit(_Failed(GenerationError("the transformers backend was closed")))
@@ -187,15 +204,42 @@ class TransformersBackend:
             raise GenerationError("the transformers backend is not loaded; await load() first")
         return self._loaded
 
-    def _load_sync(self) -> _Loaded:
+    def _load_sync(self, cancel: threading.Event) -> _Loaded:
+        """Prepare (check, convert) and load the model; a cache folder that the library cannot
+        load is converted again, once."""
         location = model_files.locate_model(self.model_settings)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if self.model_settings.threads > 0:
-            torch.set_num_threads(self.model_settings.threads)
+        prepared = self._prepare(location, cancel, rebuild=False)
         try:
-            prepared = model_files.prepare_model(location, self.home)
+            return self._load_folder(prepared, cancel)
+        except GenerationError:
+            raise
+        except Exception as error:
+            if location.gguf_file is None:
+                raise GenerationError(
+                    f"cannot load the model from {prepared.folder}: {_describe(error)}"
+                ) from error
+            if prepared.converted:
+                raise _unloadable_cache(prepared.folder, error) from error
+            log.warning(
+                "cannot load the model cache %s (%s); converting the model again (once)",
+                prepared.folder,
+                _describe(error),
+            )
+        prepared = self._prepare(location, cancel, rebuild=True)
+        try:
+            return self._load_folder(prepared, cancel)
+        except GenerationError:
+            raise
+        except Exception as error:
+            raise _unloadable_cache(prepared.folder, error) from error
+
+    def _prepare(
+        self, location: model_files.ModelLocation, cancel: threading.Event, *, rebuild: bool
+    ) -> model_files.PreparedModel:
+        try:
+            return model_files.prepare_model(
+                location, self.home, rebuild=rebuild, cancel=cancel, converter=self.converter
+            )
         except GenerationError:
             raise
         except OSError as error:
@@ -205,18 +249,24 @@ class TransformersBackend:
             ) from error
         except Exception as error:
             raise GenerationError(f"cannot prepare the model {location}: {error}") from error
+
+    def _load_folder(self, prepared: model_files.PreparedModel, cancel: threading.Event) -> _Loaded:
+        """Load the tokenizer and the model from ``prepared.folder``; the library's errors
+        propagate as they are."""
+        if cancel.is_set():
+            raise GenerationError("the transformers backend was closed while loading")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.model_settings.threads > 0:
+            torch.set_num_threads(self.model_settings.threads)
         dtype = torch.bfloat16 if self.model_settings.dtype == "bfloat16" else torch.float32
         started = time.perf_counter()
-        try:
-            with model_files.quiet_progress():
-                hf_tokenizer = AutoTokenizer.from_pretrained(prepared.folder, local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(
-                    prepared.folder, dtype=dtype, local_files_only=True
-                )
-        except Exception as error:
-            raise GenerationError(
-                f"cannot load the model from {prepared.folder}: {type(error).__name__}: {error}"
-            ) from error
+        with model_files.quiet_progress():
+            hf_tokenizer = AutoTokenizer.from_pretrained(prepared.folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                prepared.folder, dtype=dtype, local_files_only=True
+            )
         log.info("loaded %s (%s) in %.1f s", prepared.folder, dtype, time.perf_counter() - started)
         window = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT_WINDOW
         eos = model.generation_config.eos_token_id
@@ -452,6 +502,18 @@ async def _wait(future: concurrent.futures.Future[T]) -> T:
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _unloadable_cache(folder: Path, error: BaseException) -> GenerationError:
+    return GenerationError(
+        f"cannot load the freshly converted model in {folder}: {_describe(error)}. "
+        f"Delete the folder {folder} and start again to convert the model anew; if that fails "
+        "too, check the free disk space and memory, and report the error"
+    )
 
 
 def _as_generation_error(error: BaseException) -> GenerationError:

