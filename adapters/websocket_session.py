@@ -22,7 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatcore.adapter_api import ChatService
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
-from chatcore.metrics import Metrics
+from chatcore.metrics import Metrics, ReplyTracker
 
 from .websocket_limits import Limits, TokenBucket
 from .websocket_settings import WebSocketSettings
@@ -119,9 +119,21 @@ class _Pending:
     conversation: str
     message: Message
     task: asyncio.Task[None] = field(init=False)
+    started: bool = False
+    """Its task began to run: from then on, stopping it means cancelling the task."""
     stopped_by: str | None = None
-    """Why we cancelled it: ``"client"`` (a cancel frame) or ``"gone"`` (the socket closed)."""
+    """Why we stopped it: ``"client"`` (a cancel frame) or ``"gone"`` (the socket closed)."""
     final_sent: bool = False
+    chunks: int = 0
+    outcome: str = "no answer"
+
+    def stop(self, reason: str) -> None:
+        """Stop the reply. A task cancelled before its first step would never run its own
+        clean-up, so one that has not started is only marked: it ends as soon as it starts."""
+        if self.stopped_by is None:
+            self.stopped_by = reason
+            if self.started:
+                self.task.cancel()
 
 
 class _Gone(Exception):
@@ -274,66 +286,75 @@ class Session:
         if target is not None:
             chosen = [p for p in chosen if p.client_id == target]
         for pending in chosen:
-            if pending.stopped_by is None:
-                pending.stopped_by = "client"
-                pending.task.cancel()
+            pending.stop("client")
 
     # -- one reply -----------------------------------------------------------------------------
 
     async def _answer(self, pending: _Pending) -> None:
         """Stream the reply to one message; exactly one ``reply`` or ``error`` frame ends it
         unless the client is gone."""
-        hub, message = self.hub, pending.message
+        pending.started = True
         started = time.monotonic()
-        chunks = 0
-        outcome = "no answer"
-        with hub.metrics.track(hub.name) as tracker:
-            try:
-                async with aclosing(hub.chat.send(message)) as events:
-                    async for event in events:
-                        tracker.observe(event)
-                        chunks += isinstance(event, ReplyChunk)
-                        if isinstance(event, Reply | ReplyError):
-                            pending.final_sent = True
-                            outcome = _outcome(event)
-                        await self._send(self._frame(pending, event))
-            except asyncio.CancelledError:
-                if pending.stopped_by is None:
-                    raise  # not ours: the server is being torn down
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                outcome = f"stopped ({pending.stopped_by})"
-                if pending.stopped_by == "client" and not pending.final_sent:
-                    tracker.observe_error("cancelled")
-                    error = ReplyError(message.id, "cancelled", STOPPED)
-                    with suppress(_Gone):
-                        await self._send(self._frame(pending, error))
-            except _Gone:
-                outcome = "client gone"
-            except Exception:
-                reference = uuid.uuid4().hex[:8]
-                log.exception("reply to message %s failed (ref %s)", message.id, reference)
-                outcome = f"error internal_error (ref {reference})"
-                if not pending.final_sent:
-                    tracker.observe_error("internal_error")
+        message = pending.message
+        try:
+            with self.hub.metrics.track(self.hub.name) as tracker:
+                try:
+                    if pending.stopped_by is None:  # else stopped before it began
+                        await self._stream(pending, tracker)
+                except asyncio.CancelledError:
+                    if pending.stopped_by is None:
+                        raise  # not ours: the server is being torn down
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                except _Gone:
+                    pending.outcome = "client gone"
+                except Exception:
+                    reference = uuid.uuid4().hex[:8]
+                    log.exception("reply to message %s failed (ref %s)", message.id, reference)
+                    pending.outcome = f"error internal_error (ref {reference})"
                     text = f"Something went wrong (ref {reference}); it was logged."
-                    error = ReplyError(message.id, "internal_error", text)
-                    with suppress(_Gone):
-                        await self._send(self._frame(pending, error))
-            finally:
-                self.pending.pop(pending.client_id, None)
-                log.info(
-                    "websocket message %s (client id %s, connection %s) in %s: %s, "
-                    "%d chunks, %.2f s",
-                    message.id,
-                    pending.client_id,
-                    self.id,
-                    message.conversation,
-                    outcome,
-                    chunks,
-                    time.monotonic() - started,
-                )
+                    await self._end_with(
+                        pending, tracker, ReplyError(message.id, "internal_error", text)
+                    )
+                if pending.stopped_by is not None and not pending.final_sent:
+                    pending.outcome = f"stopped ({pending.stopped_by})"
+                    if pending.stopped_by == "client":
+                        await self._end_with(
+                            pending, tracker, ReplyError(message.id, "cancelled", STOPPED)
+                        )
+        finally:
+            self.pending.pop(pending.client_id, None)
+            log.info(
+                "websocket message %s (client id %s, connection %s) in %s: %s, %d chunks, %.2f s",
+                message.id,
+                pending.client_id,
+                self.id,
+                message.conversation,
+                pending.outcome,
+                pending.chunks,
+                time.monotonic() - started,
+            )
+
+    async def _stream(self, pending: _Pending, tracker: ReplyTracker) -> None:
+        """Send the reply's events as frames, as they come."""
+        async with aclosing(self.hub.chat.send(pending.message)) as events:
+            async for event in events:
+                tracker.observe(event)
+                pending.chunks += isinstance(event, ReplyChunk)
+                if isinstance(event, Reply | ReplyError):
+                    pending.final_sent = True
+                    pending.outcome = _outcome(event)
+                await self._send(self._frame(pending, event))
+
+    async def _end_with(self, pending: _Pending, tracker: ReplyTracker, error: ReplyError) -> None:
+        """End a reply that has no final frame yet with ``error`` (if the client is there)."""
+        if pending.final_sent:
+            return
+        pending.final_sent = True
+        tracker.observe_error(error.code)
+        with suppress(_Gone):
+            await self._send(self._frame(pending, error))
 
     @staticmethod
     def _frame(pending: _Pending, event: ReplyEvent) -> dict[str, Any]:
@@ -358,9 +379,7 @@ class Session:
         """Cancel every reply in progress (their generation stops) and wait for them."""
         tasks = []
         for pending in list(self.pending.values()):
-            if pending.stopped_by is None:
-                pending.stopped_by = reason
-                pending.task.cancel()
+            pending.stop(reason)
             tasks.append(pending.task)
         if tasks:
             await asyncio.wait(tasks)

@@ -127,6 +127,22 @@ async def test_cancel_stops_the_generation_and_the_socket_stays_usable(
     assert (await until_final(ws, "next"))[-1]["text"] == "You said: again"
 
 
+async def test_a_cancel_right_behind_its_message_still_ends_it_with_cancelled(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    served = await serve(FakeBackend(delay=0.01))
+    ws = await connect_ready(client, served)
+    for n in range(5):  # both frames usually arrive together, before the reply's task has run
+        await ws.send_json({"type": "message", "id": f"r{n}", "text": "hello"})
+        await ws.send_json({"type": "cancel", "id": f"r{n}"})
+        final = (await until_final(ws, f"r{n}"))[-1]
+        assert (final["type"], final.get("code")) in {("error", "cancelled"), ("reply", None)}
+    await eventually(
+        lambda: not any(s.pending for s in served.adapter.hub.sessions), "nothing left pending"
+    )
+    assert served.backend.active == 0
+
+
 async def test_cancel_without_an_id_stops_every_reply_of_the_connection(
     serve: Serve, client: aiohttp.ClientSession
 ) -> None:
