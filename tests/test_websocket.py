@@ -24,6 +24,7 @@ from tests.websocket_helpers import (
     GatedBackend,
     Serve,
     client,
+    collect,
     connect_ready,
     eventually,
     receive,
@@ -87,11 +88,8 @@ async def test_messages_sent_without_waiting_are_answered_in_order_by_id(
     ws = await connect_ready(client, served)
     for n in range(5):
         await ws.send_json({"type": "message", "id": f"q{n}", "text": f"number {n}"})
-    replies = []
-    while len(replies) < 5:
-        frame = await receive(ws)
-        if frame["type"] == "reply":
-            replies.append((frame["id"], frame["text"]))
+    frames = await collect(ws, lambda frames: sum(f["type"] == "reply" for f in frames) == 5)
+    replies = [(f["id"], f["text"]) for f in frames if f["type"] == "reply"]
     assert replies == [(f"q{n}", f"You said: number {n}") for n in range(5)]
 
 
@@ -154,11 +152,8 @@ async def test_cancel_without_an_id_stops_every_reply_of_the_connection(
     await ws.send_json({"type": "message", "id": "b", "text": "two", "conversation": "y"})
     await eventually(lambda: served.backend.active == 2, "both replies generate")
     await ws.send_json({"type": "cancel"})
-    ended = {}
-    while len(ended) < 2:
-        frame = await receive(ws)
-        if frame["type"] == "error":
-            ended[frame["id"]] = frame["code"]
+    frames = await collect(ws, lambda frames: sum(f["type"] == "error" for f in frames) == 2)
+    ended = {f["id"]: f["code"] for f in frames if f["type"] == "error"}
     assert ended == {"a": "cancelled", "b": "cancelled"}
     await eventually(lambda: served.backend.active == 0, "the generations stopped")
 
@@ -213,9 +208,7 @@ async def test_a_message_without_an_id_is_answered_under_a_new_one(
     served = await serve()
     ws = await connect_ready(client, served)
     await ws.send_json({"type": "message", "text": "anonymous"})
-    frames = []
-    while not frames or frames[-1]["type"] != "reply":
-        frames.append(await receive(ws))
+    frames = await collect(ws, lambda frames: frames[-1]["type"] == "reply")
     assert len({f["id"] for f in frames}) == 1 and frames[0]["id"]
     assert frames[-1]["text"] == "You said: anonymous"
 

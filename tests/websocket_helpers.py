@@ -133,15 +133,23 @@ async def connect_ready(
     return ws
 
 
+async def collect(
+    ws: aiohttp.ClientWebSocketResponse, enough: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """Frames until ``enough(frames)`` holds (at most 10,000 of them)."""
+    frames: list[dict[str, Any]] = []
+    for _ in range(10_000):
+        frames.append(await receive(ws))
+        if enough(frames):
+            return frames
+    raise AssertionError("too many frames")
+
+
 async def until_final(ws: aiohttp.ClientWebSocketResponse, id: str) -> list[dict[str, Any]]:
     """Frames up to and including the ``reply`` or ``error`` that ends message ``id``."""
-    frames = []
-    for _ in range(10_000):
-        frame = await receive(ws)
-        frames.append(frame)
-        if frame["type"] in ("reply", "error") and frame.get("id") == id:
-            return frames
-    raise AssertionError("no final frame")
+    return await collect(
+        ws, lambda frames: frames[-1]["type"] in ("reply", "error") and frames[-1]["id"] == id
+    )
 
 
 async def eventually(condition: Callable[[], bool], what: str) -> None:
