@@ -179,8 +179,10 @@ class Session:
             await self._stop_all("gone")
             hub.sessions.discard(self)
             hub.metrics.connections.labels(hub.name).dec()
-            for task in list(self._background):
+            background = list(self._background)
+            for task in background:
                 task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             log.info(
                 "connection %s from %s as %s closed after %.1f s: %d messages, close code %s",
                 self.id,
