@@ -254,7 +254,7 @@ async def _one_client(
 async def test_100_clients_times_20_messages_lose_duplicate_and_cross_nothing(
     serve: Serve,
 ) -> None:
-    served = await serve()
+    served = await serve()  # the default limits: they must admit this load from one address
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session, asyncio.timeout(WAIT * 4):
         results = await asyncio.gather(
