@@ -33,6 +33,7 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/bench_embedded.py
+	$(BIN)/python benchmarks/bench_websocket.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
