@@ -24,7 +24,6 @@ from aiohttp.abc import AbstractAccessLogger
 
 from chatcore import hookimpl
 from chatcore.adapter_api import AdapterContext, AdapterStartError
-from chatcore.metrics import Metrics
 
 from .websocket_limits import client_address
 from .websocket_session import (
@@ -278,7 +277,7 @@ class WebSocketAdapter:
     def __init__(self, context: AdapterContext, *, announce: bool = True) -> None:
         self.context = context
         self.settings: WebSocketSettings = context.settings
-        self.metrics = Metrics()
+        self.metrics = context.metrics
         self.hub = Hub(context.name, self.settings, context.chat, self.metrics)
         self.listening = asyncio.Event()
         self.port: int | None = None

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from chatcore.config import AdapterSettings
 from chatcore.events import Message, ReplyEvent
+from chatcore.metrics import Metrics
 
 
 class AdapterStartError(Exception):
@@ -74,6 +75,8 @@ class AdapterContext:
     interrupts_to: Callable[[Callable[[], object]], AbstractContextManager[None]]
     """``with context.interrupts_to(callback):`` SIGINT calls ``callback`` instead of shutting
     down (the terminal stops a reply with Ctrl-C). Does nothing where signals are not handled."""
+    metrics: Metrics
+    """The app's one set of Prometheus metrics, shared by every adapter (label: your name)."""
 
 
 @dataclass(frozen=True, slots=True)

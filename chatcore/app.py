@@ -21,6 +21,7 @@ from chatcore.files import secure_tree
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.inmemory import InMemoryConversationStore
+from chatcore.metrics import Metrics
 from chatcore.plugins import PluginError, PluginHost, Registry
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class App:
         self.plugins = plugins
         self.engine = engine
         self.stopping = asyncio.Event()
+        self.metrics = Metrics()
+        """Shared by every adapter, so one scrape covers them all."""
         self.signals: ShutdownSignals | None = None
         self._started = False
         self._closed = False
@@ -106,6 +109,7 @@ class App:
             home=self.settings.home_path,
             stopping=self.stopping,
             interrupts_to=self._interrupts_to,
+            metrics=self.metrics,
         )
         with _blame(self.plugins.adapters, name, "failed to start"):
             adapter = spec.factory(context, **options)
