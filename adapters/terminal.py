@@ -36,6 +36,7 @@ from chatcore.text import clean_input, terminal_safe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_READ_AHEAD = 64
 
 PLATFORM = "terminal"
 QUIT_COMMANDS = {"/quit", "/exit"}
@@ -153,24 +154,30 @@ class TerminalAdapter:
         loop = asyncio.get_running_loop()
         failed = False
         pending: list[str] = []
-        lines = _read_lines(self.stdin, loop)
-        while (line := await self._until_stopped(lines.get())) is not None:
+        lines = _LineReader(self.stdin, loop)
+        while (line := await self._until_stopped(lines.next())) is not None:
             if line.undecodable:
                 self._error(
                     f"warning: input line {line.number} is not valid UTF-8; the undecodable "
                     "bytes were replaced with \N{REPLACEMENT CHARACTER}"
                 )
-            if line.text.endswith("\\"):
-                pending.append(line.text[:-1])
+            cleaned = clean_input(line.text)  # the input rule first, then the line rules
+            if cleaned.endswith("\\"):
+                pending.append(cleaned[:-1])
                 continue
-            text = clean_input("\n".join([*pending, line.text])).strip()
+            text = "\n".join([*pending, cleaned]).strip()
             pending = []
             if not text:
+                if line.text.strip():  # something was there: say why nothing was sent
+                    self._error(
+                        f"warning: input line {line.number} holds only control characters; "
+                        "nothing was sent"
+                    )
                 continue
             if text in QUIT_COMMANDS:
                 return 1 if failed else 0
             failed |= not await self._reply(text)
-        rest = clean_input("\n".join(pending)).strip()  # input ended inside a continued line
+        rest = "\n".join(pending).strip()  # input ended inside a continued line
         if rest and not self.context.stopping.is_set():
             failed |= not await self._reply(rest)
         return 1 if failed else 0
@@ -185,7 +192,12 @@ class TerminalAdapter:
             stop.cancel()
             if not work.done():
                 work.cancel()
-        return None if work.cancelled() or self.context.stopping.is_set() else work.result()
+        if work.cancelled():
+            return None
+        if self.context.stopping.is_set():
+            work.exception()  # retrieved: shutting down, nobody needs it
+            return None
+        return work.result()
 
     # -- interactive --------------------------------------------------------------------------
 
@@ -197,13 +209,10 @@ class TerminalAdapter:
             markup=True,
         )
         while True:
-            try:
-                text = await self._until_stopped(session.prompt_async("you> "))
-            except KeyboardInterrupt:
+            text = await self._until_stopped(_prompt(session))
+            if text is _CLEARED:
                 continue  # Ctrl-C at the prompt clears the line, like a shell
-            except EOFError:
-                break
-            if text is None:  # shutting down
+            if text is None or text is _ENDED:  # shutting down, or Ctrl-D
                 break
             text = clean_input(text).strip()
             if not text:
@@ -293,6 +302,22 @@ class TerminalAdapter:
         return ok
 
 
+_CLEARED = "\x00cleared"
+_ENDED = "\x00ended"
+"""What the prompt gives for Ctrl-C and Ctrl-D (NUL never survives the input rule)."""
+
+
+async def _prompt(session: PromptSession[str]) -> str:
+    """The next input, or ``_CLEARED`` / ``_ENDED``. prompt_toolkit raises KeyboardInterrupt
+    for Ctrl-C: raised in a task, that would stop the event loop itself."""
+    try:
+        return await session.prompt_async("you> ")
+    except KeyboardInterrupt:
+        return _CLEARED
+    except EOFError:
+        return _ENDED
+
+
 @dataclass(frozen=True, slots=True)
 class _Line:
     """One line of piped input: its number, its text without the line break, and whether it
@@ -303,35 +328,56 @@ class _Line:
     undecodable: bool = False
 
 
-def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[_Line | None]:
-    """Read ``stream`` line by line in a daemon thread (None at the end), so a blocked read
-    never keeps the program from exiting. Bytes are decoded here, as UTF-8 whatever the locale:
-    an undecodable byte is replaced and reported, never taken for the end of the input."""
-    lines: asyncio.Queue[_Line | None] = asyncio.Queue()
-    raw = getattr(stream, "buffer", None)
+class _LineReader:
+    """Reads a stream line by line in a daemon thread, so a blocked read never keeps the
+    program from exiting. Bytes are decoded here, as UTF-8 whatever the locale: an undecodable
+    byte is replaced and reported, never taken for the end of the input. At most
+    ``_READ_AHEAD`` lines wait to be handled: a huge input never fills memory."""
 
-    def decode(number: int, line: bytes | str) -> _Line:
-        if isinstance(line, str):
-            return _Line(number, line.removesuffix("\n").removesuffix("\r"))
-        line = line.removesuffix(b"\n").removesuffix(b"\r")
-        try:
-            return _Line(number, line.decode("utf-8"))
-        except UnicodeDecodeError:
-            return _Line(number, line.decode("utf-8", "replace"), undecodable=True)
+    def __init__(self, stream: TextIO, loop: asyncio.AbstractEventLoop) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._lines: asyncio.Queue[_Line | None] = asyncio.Queue()
+        self._room = threading.Semaphore(_READ_AHEAD)
+        threading.Thread(target=self._pump, name="chatcore-stdin", daemon=True).start()
 
-    def pump() -> None:
-        read: Callable[[], bytes | str] = raw.readline if raw is not None else stream.readline
+    async def next(self) -> _Line | None:
+        """The next line; None at the end of the input."""
+        line = await self._lines.get()
+        self._room.release()
+        return line
+
+    def _pump(self) -> None:
+        raw = getattr(self._stream, "buffer", None)
+        read: Callable[[], bytes | str] = raw.readline if raw is not None else self._stream.readline
         try:
             for number, line in enumerate(iter(read, b"" if raw is not None else ""), 1):
-                loop.call_soon_threadsafe(lines.put_nowait, decode(number, line))
+                if not self._deliver(_decode(number, line)):
+                    return
         except (OSError, ValueError):
             pass  # the stream was closed under us: treat it as the end
-        finally:
-            with suppress(RuntimeError):  # the event loop is already gone
-                loop.call_soon_threadsafe(lines.put_nowait, None)
+        self._deliver(None)
 
-    threading.Thread(target=pump, name="chatcore-stdin", daemon=True).start()
-    return lines
+    def _deliver(self, item: _Line | None) -> bool:
+        """Queue ``item`` once there is room; False when the event loop is gone."""
+        while not self._room.acquire(timeout=0.5):
+            if self._loop.is_closed():
+                return False
+        try:
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, item)
+        except RuntimeError:  # the event loop is closed
+            return False
+        return True
+
+
+def _decode(number: int, line: bytes | str) -> _Line:
+    if isinstance(line, str):
+        return _Line(number, line.removesuffix("\n").removesuffix("\r"))
+    line = line.removesuffix(b"\n").removesuffix(b"\r")
+    try:
+        return _Line(number, line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return _Line(number, line.decode("utf-8", "replace"), undecodable=True)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from chatcore.adapter_api import Adapter, AdapterContext, CommandInfo
 from chatcore.config import ConfigError, Settings, section_settings
 from chatcore.engine import Engine
 from chatcore.events import Message, ReplyEvent
-from chatcore.files import secure_tree
+from chatcore.files import secure_home
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.inmemory import InMemoryConversationStore
@@ -56,6 +56,7 @@ class App:
         """Shared by every adapter, so one scrape covers them all."""
         self.signals: ShutdownSignals | None = None
         self._started = False
+        self._startup_began = False
         self._closed = False
         self._start_lock = asyncio.Lock()
         self._engine_stopped: asyncio.Future[Any] | None = None
@@ -71,14 +72,15 @@ class App:
             if not self._started:
                 with _blame(self.plugins.backends, self.settings.model.backend, "failed to load"):
                     await self.engine.start()
+                self._startup_began = True  # from here on, shutdown hooks have work to undo
                 await self.plugins.call("startup", settings=self.settings)
                 self._started = True
 
     def request_stop(self, *_: object) -> None:
         """Begin the graceful shutdown: adapters take no more messages, replies in flight end
         with a notice and their partial text is stored. ``close`` finishes it."""
-        if not self.stopping.is_set():
-            self.stopping.set()
+        self.stopping.set()
+        if self._engine_stopped is None:
             self._engine_stopped = self.engine.stop()
 
     async def close(self) -> None:
@@ -90,8 +92,10 @@ class App:
         self.request_stop()
         if self._engine_stopped is not None:
             await self._engine_stopped
-        if self._started:
-            await self.plugins.call("shutdown")
+        if self._startup_began:
+            # All at once, each within half the shutdown's time: what is left closes the rest.
+            grace = self.settings.lifecycle.shutdown_timeout / 2
+            await self.plugins.call("shutdown", seconds=grace, concurrently=True)
         await self.engine.close()
 
     def adapter_settings(self, name: str) -> Any:
@@ -138,7 +142,7 @@ async def create_app(
         with _blame(plugins.backends, name, "failed to start"):
             backend = factory(settings)
     try:
-        for problem in secure_tree(settings.home_path):
+        for problem in secure_home(settings.home_path):
             log.warning("%s", problem)
     except OSError as error:  # what needs the directory says so when it needs it
         log.warning("the data directory %s is not usable: %s", settings.home_path, error)

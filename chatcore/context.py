@@ -70,7 +70,14 @@ class ContextBuilder:
         head = [ChatMessage("system", system_prompt)] if system_prompt else []
         bare = self.tokenizer.count_tokens([*head, ChatMessage("user", "")])
         if bare >= self.budget:
-            raise ConfigError([f"config error: {SystemPromptTooLongError(bare, self.budget)}"])
+            raise ConfigError(
+                [
+                    f"config error: context.system_prompt takes {bare} tokens with an empty "
+                    f"message, and at most {self.budget} fit (context.window minus "
+                    "generation.max_new_tokens); shorten it, lower generation.max_new_tokens "
+                    "or raise context.window"
+                ]
+            )
 
     def build(self, system_prompt: str, history: Sequence[ChatMessage], text: str) -> Prompt:
         """The prompt for ``text``: the system prompt (always kept), then as many of the newest

@@ -267,7 +267,8 @@ class Engine:
             turn = [ChatMessage("user", message.text)]
             if text.strip():
                 turn.append(ChatMessage("assistant", text))
-            await self.store.append(key, turn)
+            # Shielded: a second cancellation (a shutdown past its grace) must not lose it.
+            await asyncio.shield(self.store.append(key, turn))
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
         await self.plugins.call("reply_finished", message=message, reply=reply)

@@ -57,6 +57,33 @@ def secure_tree(root: Path) -> list[str]:
     return problems
 
 
+HOME_ENTRIES = ("models", "terminal_history", "chatcore.db", "chatcore.db-wal", "chatcore.db-shm")
+"""What chatcore keeps in its data directory; nothing else there is touched."""
+
+
+def secure_home(home: Path, entries: tuple[str, ...] = HOME_ENTRIES) -> list[str]:
+    """Make ``home`` a private directory and tighten chatcore's own ``entries`` in it (folders
+    whole), logging a warning for each one that was open to others. Returns a line per entry
+    that could not be tightened. Whatever else lives in ``home`` is left alone."""
+    problems: list[str] = []
+    for path in (home, *(home / name for name in entries)):
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            mode = oct(stat.S_IMODE(info.st_mode))
+            log.warning("%s was open to other users (mode %s); making it private", path, mode)
+        if path == home:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            problems += secure_tree(path)
+        elif problem := _tighten(path, PRIVATE_FILE):
+            problems.append(problem)
+    private_dir(home)
+    return problems
+
+
 def _tighten(path: Path, mode: int) -> str | None:
     """Remove group and other permission bits from ``path``; a warning line when impossible."""
     try:

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,17 @@ def exit_code(sig: signal.Signals) -> int:
 
 
 def _exit_now(code: int) -> None:
-    """Leave at once: no thread, hook or flush that is stuck can hold the process."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    """Leave at once: no thread, hook or write that is stuck can hold the process. Buffered
+    output gets half a second to go out (a flush blocked on a full pipe is left behind)."""
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    flusher = threading.Thread(target=flush, daemon=True)
+    flusher.start()
+    flusher.join(0.5)
     os._exit(code)
 
 
@@ -52,33 +60,42 @@ class ShutdownSignals:
         """The signal that started the shutdown, if one did."""
         self._interrupt_takers: list[Callable[[], object]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous: dict[signal.Signals, Any] = {}
         self._watchdog: threading.Timer | None = None
 
     def install(self) -> bool:
-        """Handle the signals in the running loop; False where that is impossible (not the
-        main thread, no signal support), in which case Python's defaults stay."""
-        loop = asyncio.get_running_loop()
-        try:
-            for sig in SHUTDOWN_SIGNALS:
-                loop.add_signal_handler(sig, self.handle, sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            self._remove(loop)
+        """Handle the signals for the running loop; False where that is impossible (not the
+        main thread), in which case Python's defaults stay.
+
+        The handlers are plain ``signal.signal`` ones, not the loop's: they run even while the
+        event loop is blocked (a write to a full pipe, a plugin that blocks), so the watchdog
+        and a second signal always work; what needs the loop is handed to it thread-safely."""
+        if threading.current_thread() is not threading.main_thread():
             return False
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
+        for sig in SHUTDOWN_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
         return True
 
     def uninstall(self) -> None:
-        if self._loop is not None:
-            self._remove(self._loop)
-            self._loop = None
+        for sig, previous in self._previous.items():
+            with contextlib.suppress(Exception):
+                signal.signal(sig, previous)
+        self._previous.clear()
+        self._loop = None
         if self._watchdog is not None:
             self._watchdog.cancel()
 
-    @staticmethod
-    def _remove(loop: asyncio.AbstractEventLoop) -> None:
-        for sig in SHUTDOWN_SIGNALS:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.handle(signal.Signals(signum))
+
+    def _in_loop(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback`` in the event loop (directly when no loop is attached: tests)."""
+        if self._loop is None:
+            callback(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
+                self._loop.call_soon_threadsafe(callback, *args)
 
     @contextlib.contextmanager
     def interrupts_to(self, callback: Callable[[], object]) -> Iterator[None]:
@@ -97,7 +114,7 @@ class ShutdownSignals:
             self.exit_now(exit_code(sig))
             return
         if sig == signal.SIGINT and self._interrupt_takers:
-            self._interrupt_takers[-1]()
+            self._in_loop(self._interrupt_takers[-1])
             return
         self.received = sig
         log.warning(
@@ -108,7 +125,7 @@ class ShutdownSignals:
         self._watchdog = threading.Timer(self.grace, self._overdue, args=(sig,))
         self._watchdog.daemon = True
         self._watchdog.start()
-        self.on_shutdown(sig)
+        self._in_loop(self.on_shutdown, sig)
 
     def _overdue(self, sig: signal.Signals) -> None:
         log.error(

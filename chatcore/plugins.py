@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import logging
 import os
-import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
@@ -22,6 +19,7 @@ import pluggy
 
 from chatcore import hookspecs
 from chatcore.adapter_api import AdapterSpec
+from chatcore.bounded import Raised, TimedOut, Worker, run_bounded
 from chatcore.commands import Command
 from chatcore.config import PLUGINS_ENV, AdapterSettings, PluginsSettings, Settings
 
@@ -116,13 +114,6 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
-async def resolve(value: Any) -> Any:
-    """Await ``value`` if it is awaitable: the one place sync and async hooks meet."""
-    while inspect.isawaitable(value):
-        value = await value
-    return value
-
-
 class PluginHost:
     """Owns the pluggy manager and the registries filled by the ``register_*`` hooks."""
 
@@ -131,6 +122,7 @@ class PluginHost:
         """Time limits and the failure count that disables a plugin; ``load`` takes the
         configured ones."""
         self._failures: dict[str, int] = {}
+        self._workers: dict[str, Worker] = {}
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
@@ -185,6 +177,9 @@ class PluginHost:
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
+        worker = self._workers.pop(name, None)
+        if worker is not None:
+            worker.stop()
         for registry in (self.backends, self.adapters, self.commands):
             registry.drop_owner(name)
 
@@ -226,23 +221,30 @@ class PluginHost:
                 if (only is not None and owner != only) or self.infos[owner].status != "loaded":
                     continue
 
-                register = partial(self._register, registry, owner, to_entry)
+                window = _Window(hook_name)
+                register = partial(self._register, registry, owner, to_entry, window)
                 try:
                     await self.invoke(
                         owner, f"hook {hook_name}", impl.function, {"register": register}
                     )
                 except PluginFault as fault:
                     self._disable(owner, fault.detail)
+                finally:
+                    window.open = False
 
     def _register(
         self,
         registry: Registry[Any],
         owner: str,
         to_entry: Callable[..., tuple[str, Any]],
+        window: _Window,
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        """The ``register`` callable a ``register_*`` hook of ``owner`` receives."""
+        """The ``register`` callable a ``register_*`` hook of ``owner`` receives; it works only
+        while that hook runs (a hook that timed out cannot register things later)."""
+        if not window.open:
+            raise PluginError(f"register was called after {window.hook} of {owner!r} returned")
         name, item = to_entry(*args, **kwargs)
         registry.add(name, item, owner)
         self.infos[owner].registered.setdefault(registry.kind, []).append(name)
@@ -255,11 +257,19 @@ class PluginHost:
 
     # -- calling -------------------------------------------------------------------------------
 
-    async def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of a hook, newest plugin first; return the
-        ``(plugin name, result)`` pairs that are not None. A plugin that raises or runs past
-        ``plugins.hook_timeout`` is logged by name and skipped: the hook's observers go on."""
-        results: list[tuple[str, Any]] = []
+    async def call(
+        self,
+        hook_name: str,
+        *,
+        seconds: float | None = None,
+        concurrently: bool = False,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook, newest plugin first (or all at once when
+        ``concurrently``); return the ``(plugin name, result)`` pairs that are not None. A
+        plugin that raises or runs past its time limit is logged by name and skipped: the
+        hook's observers go on."""
+        impls = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             if impl.wrapper or impl.hookwrapper:
                 log.warning(
@@ -267,17 +277,25 @@ class PluginHost:
                     impl.plugin_name,
                     hook_name,
                 )
-                continue
+            else:
+                impls.append(impl)
+
+        async def one(impl: Any) -> Any:
             args = {name: kwargs[name] for name in impl.argnames}
             try:
-                value = await self.invoke(
-                    impl.plugin_name, f"hook {hook_name}", impl.function, args
+                return await self.invoke(
+                    impl.plugin_name, f"hook {hook_name}", impl.function, args, seconds=seconds
                 )
             except PluginFault:
-                continue  # logged by invoke; an observer's failure never stops the message
-            if value is not None:
-                results.append((impl.plugin_name, value))
-        return results
+                return None  # logged by invoke; an observer's failure never stops the message
+
+        if concurrently:
+            values = await asyncio.gather(*(one(impl) for impl in impls))
+        else:
+            values = [await one(impl) for impl in impls]
+        return [
+            (impl.plugin_name, v) for impl, v in zip(impls, values, strict=True) if v is not None
+        ]
 
     async def invoke(
         self,
@@ -287,38 +305,34 @@ class PluginHost:
         kwargs: dict[str, Any],
         *,
         limit: Literal["hook_timeout", "command_timeout"] = "hook_timeout",
+        seconds: float | None = None,
     ) -> Any:
-        """Run plugin code, bounded: a sync function runs in a daemon thread (it can never
-        block the event loop or keep the process alive), anything it returns is awaited, and the
-        whole call has the seconds of the ``plugins.<limit>`` setting.
+        """Run plugin code, bounded (``chatcore.bounded``): sync code in the plugin's own daemon
+        thread, async code in a task of its own, anything it returns awaited, all within the
+        seconds of the ``plugins.<limit>`` setting (or ``seconds``, when shorter).
 
         Raises ``PluginFault``, already logged with the plugin's name, when the code raised
         anything (``SystemExit`` and ``KeyboardInterrupt`` included) or ran out of time; the
         caller decides whether to go on (an observer) or fail closed (a step that decides). A
         plugin that faults ``plugins.max_failures`` times in a row is disabled."""
-        seconds: float = getattr(self.limits, limit)
+        configured: float = getattr(self.limits, limit)
+        allowed = configured if seconds is None else min(configured, seconds)
         try:
-            async with asyncio.timeout(seconds) as deadline:
-                if inspect.iscoroutinefunction(function):
-                    value = await function(**kwargs)
-                else:
-                    value = await _in_daemon_thread(function, kwargs, plugin)
-                value = await resolve(value)
-        except TimeoutError as error:
-            if not deadline.expired():
-                raise self._fault(plugin, what, error) from error
-            problem = f"did not return within {seconds:g} s (plugins.{limit})"
+            value = await run_bounded(function, kwargs, allowed, self._worker(plugin))
+        except TimedOut:
+            setting = f" (plugins.{limit})" if allowed == configured else ""
+            problem = f"did not return within {allowed:g} s{setting}"
             raise self._fault(plugin, what, None, problem) from None
-        except asyncio.CancelledError:
-            if _being_cancelled():
-                raise  # our caller is being cancelled (a reply stopped, a shutdown): not a fault
-            raise self._fault(plugin, what, asyncio.CancelledError()) from None
-        except _Raised as wrapped:
-            raise self._fault(plugin, what, wrapped.error) from wrapped.error
-        except BaseException as error:  # plugin code may raise SystemExit, KeyboardInterrupt...
-            raise self._fault(plugin, what, error) from error
+        except Raised as raised:
+            raise self._fault(plugin, what, raised.error) from raised.error
         self._failures.pop(plugin, None)
         return value
+
+    def _worker(self, plugin: str) -> Worker:
+        worker = self._workers.get(plugin)
+        if worker is None:
+            worker = self._workers[plugin] = Worker(f"chatcore-plugin-{plugin}")
+        return worker
 
     def _fault(
         self, plugin: str, what: str, error: BaseException | None, problem: str = ""
@@ -339,41 +353,12 @@ class PluginHost:
         return fault
 
 
-class _Raised(Exception):
-    """Carries what plugin code in a worker thread raised, ``BaseException`` included."""
+@dataclass
+class _Window:
+    """Open while a ``register_*`` hook runs."""
 
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _in_daemon_thread(
-    function: Callable[..., Any], kwargs: dict[str, Any], plugin: str
-) -> asyncio.Future[Any]:
-    """Run ``function(**kwargs)`` in a new daemon thread; its result or error lands in the
-    returned future. A call that never returns only leaves a sleeping thread behind."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        with suppress(RuntimeError):  # the event loop is gone
-            loop.call_soon_threadsafe(lambda: None if future.done() else outcome())
-
-    def target() -> None:
-        try:
-            value = function(**kwargs)
-        except BaseException as error:
-            settle(partial(future.set_exception, _Raised(error)))
-        else:
-            settle(partial(future.set_result, value))
-
-    threading.Thread(target=target, name=f"chatcore-plugin-{plugin}", daemon=True).start()
-    return future
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    hook: str
+    open: bool = True
 
 
 def _import(module: str) -> object:

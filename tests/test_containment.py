@@ -252,3 +252,52 @@ async def test_cancelling_a_reply_cancels_its_hook_without_blaming_the_plugin(
     await asyncio.wait_for(app.engine.stop(), 10)
     assert app.plugins.infos["suspect"].status == "loaded"
     assert app.plugins.infos["suspect"].hook_errors == 0
+
+
+async def test_async_code_that_ignores_cancellation_is_abandoned_at_its_limit(
+    isolated_env: Path, new_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    finished: list[str] = []
+
+    class Stubborn:
+        @hookimpl
+        async def message_received(self) -> None:
+            for _ in range(30):  # bounded: 3 s
+                try:
+                    await asyncio.sleep(0.1)
+                except asyncio.CancelledError:
+                    continue  # swallows every cancellation
+            finished.append("late")
+
+    app = await _app(new_app, isolated_env, Stubborn(), hook_timeout=0.2)
+    events = await asyncio.wait_for(collect(app.engine.handle(msg("hi"))), 2)
+    assert isinstance(events[-1], Reply) and events[-1].text == "You said: hi"
+    assert not finished  # answered long before the stubborn hook gave up
+    assert "did not return within 0.2 s (plugins.hook_timeout) in hook message_received" in (
+        caplog.text
+    )
+
+
+async def test_a_register_hook_past_its_limit_cannot_register_later(
+    settings: Any, release: threading.Event
+) -> None:
+    from chatcore.plugins import PluginHost
+
+    done = threading.Event()
+
+    class Late:
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            release.wait(10)
+            try:
+                register(Command("late", "registered too late", lambda context: "late"))
+            finally:
+                done.set()
+
+    host = PluginHost(settings.plugins.model_copy(update={"hook_timeout": 0.2}))
+    host.add_plugin(Late(), "late")
+    await host.collect("late")
+    assert host.infos["late"].status == "failed"
+    release.set()
+    assert await asyncio.to_thread(done.wait, 10)
+    assert "late" not in host.commands

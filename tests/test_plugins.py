@@ -13,10 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from chatcore import hookimpl
+from chatcore.bounded import resolve
 from chatcore.cli import app
 from chatcore.commands import Command
 from chatcore.config import Settings
-from chatcore.plugins import PluginError, PluginHost, resolve
+from chatcore.plugins import PluginError, PluginHost
 from tests.conftest import make_settings
 from tests.plugin_fixtures import install_plugin
 

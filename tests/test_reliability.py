@@ -80,6 +80,18 @@ def test_invalid_utf8_under_the_c_locale_is_no_traceback(isolated_env: Path) -> 
     assert b"Traceback" not in done.stderr
 
 
+def test_a_line_of_control_characters_is_reported_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    result = runner.invoke(cli_app(), ["chat"], input=b"\x00\x1b\nnext \\\x00\nline\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "You said: next \nline\n"
+    assert result.stderr == (
+        "warning: input line 1 holds only control characters; nothing was sent\n"
+    )
+
+
 def test_crlf_input_continues_lines_and_ends_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
     result = runner.invoke(cli_app(), ["chat"], input=b"one \\\r\ntwo\r\nthree\r\n")
@@ -126,23 +138,25 @@ def test_any_bytes_piped_in_get_one_answer_or_one_error_per_message(lines: list[
     assert "Traceback" not in result.stderr
     answers = result.stdout.count("You said:")
     errors = sum(1 for line in result.stderr.splitlines() if line.startswith("error: "))
-    assert answers + errors == _expected_messages(lines)
+    skipped = result.stderr.count("holds only control characters; nothing was sent")
+    assert answers + errors + skipped == _expected_messages(lines)
     assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
 
 
 def _expected_messages(lines: list[bytes]) -> int:
-    """The documented rules: a trailing backslash continues a line; a message is cleaned by
-    the input rule, and skipped when nothing is left."""
+    """The documented rules: a line is cleaned by the input rule; a trailing backslash then
+    continues it; a message with nothing left is reported (when the line was not blank)."""
     count, pending = 0, []
     for raw in lines:
         text = raw.removesuffix(b"\r").decode("utf-8", "replace")
-        if text.endswith("\\"):
-            pending.append(text[:-1])
+        cleaned = clean_input(text)
+        if cleaned.endswith("\\"):
+            pending.append(cleaned[:-1])
             continue
-        if clean_input("\n".join([*pending, text])).strip():
+        if "\n".join([*pending, cleaned]).strip() or text.strip():
             count += 1
         pending = []
-    if clean_input("\n".join(pending)).strip():
+    if "\n".join(pending).strip():
         count += 1
     return count
 
@@ -280,17 +294,22 @@ async def test_a_user_name_with_markup_starts_the_chat(
 # -- signals ---------------------------------------------------------------------------------
 
 SIGNAL_PLUGIN = """
-import os, time
+import asyncio, os, time
 from pathlib import Path
 from chatcore import hookimpl
 from chatcore.generation.fake import FakeBackend
 
 MARKS = Path(os.environ["TESTPLUGIN_MARKS"])
 
+class SlowToClose(FakeBackend):
+    async def close(self):
+        await asyncio.sleep(float(os.environ.get("TESTPLUGIN_CLOSE_SLEEP", "0")))
+
+
 @hookimpl
 def register_backends(register):
     def slow(settings):
-        backend = FakeBackend(delay=0.02)
+        backend = SlowToClose(delay=0.02)
         for _ in range(3):
             backend.enqueue([f" w{i}" for i in range(1000)])
         return backend
@@ -391,9 +410,8 @@ def test_a_second_signal_exits_at_once(signal_env: dict[str, str], tmp_path: Pat
 def test_a_shutdown_past_its_time_limit_exits(signal_env: dict[str, str], tmp_path: Path) -> None:
     env = {
         **signal_env,
-        "TESTPLUGIN_SHUTDOWN_SLEEP": "60",
+        "TESTPLUGIN_CLOSE_SLEEP": "60",  # the backend never finishes closing
         "CHATCORE_LIFECYCLE__SHUTDOWN_TIMEOUT": "1",
-        "CHATCORE_PLUGINS__HOOK_TIMEOUT": "120",
     }
     proc = _start_chat(env)
     _read_until(proc, b" w5")
@@ -403,6 +421,24 @@ def test_a_shutdown_past_its_time_limit_exits(signal_env: dict[str, str], tmp_pa
     assert proc.returncode == 128 + signal.SIGTERM
     assert time.monotonic() - started < 10
     assert "shutdown took longer than 1 s (lifecycle.shutdown_timeout); exiting" in err.decode()
+    assert (tmp_path / "marks" / "shutdown-done").exists()  # the hooks ran before the stuck part
+
+
+def test_shutdown_hooks_share_the_shutdown_time(signal_env: dict[str, str], tmp_path: Path) -> None:
+    """A shutdown hook that hangs gets half the shutdown time; the rest still closes."""
+    env = {
+        **signal_env,
+        "TESTPLUGIN_SHUTDOWN_SLEEP": "60",
+        "CHATCORE_LIFECYCLE__SHUTDOWN_TIMEOUT": "2",
+        "CHATCORE_PLUGINS__HOOK_TIMEOUT": "120",
+    }
+    proc = _start_chat(env)
+    _read_until(proc, b" w5")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "plugin 'slowbackend' did not return within 1 s in hook shutdown" in err.decode()
+    assert "shutdown took longer" not in err.decode()
 
 
 async def test_shutdown_order_stores_the_partial_reply_before_the_hooks_run(
@@ -484,7 +520,7 @@ def test_a_system_prompt_larger_than_the_window_is_refused_at_start(
     result = runner.invoke(cli_app(), ["chat"], input="hi\nagain\n")
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr.startswith("config error: The system prompt")
+    assert result.stderr.startswith("config error: context.system_prompt takes 3008 tokens")
     assert result.stderr.count("\n") == 1
 
 
@@ -497,10 +533,19 @@ def test_the_data_directory_and_history_are_private(isolated_env: Path) -> None:
     loose = isolated_env / "terminal_history"
     loose.write_text("old secret\n")
     os.chmod(loose, 0o644)
+    unrelated = isolated_env / "public_html"
+    unrelated.write_text("not chatcore's\n")
+    os.chmod(unrelated, 0o644)
     done = run_chatcore(["chat"], "hi\n", CHATCORE_MODEL__BACKEND="fake")
     assert done.returncode == 0, done.stderr
-    assert stat.S_IMODE(isolated_env.stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(isolated_env).st_mode) == 0o700
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+    assert stat.S_IMODE(unrelated.stat().st_mode) == 0o644  # not chatcore's: left alone
+    assert done.stderr.splitlines() == [
+        f"WARNING chatcore.files: {isolated_env} was open to other users (mode 0o755); "
+        "making it private",
+        f"WARNING chatcore.files: {loose} was open to other users (mode 0o644); making it private",
+    ]
 
 
 async def test_a_new_history_file_is_created_private(
@@ -559,3 +604,74 @@ def test_log_lines_are_terminal_safe() -> None:
     )
     line = _TerminalSafeFormatter("%(levelname)s %(message)s").format(record)
     assert line == "ERROR model said \N{SYMBOL FOR ESCAPE}]0;t\N{SYMBOL FOR BELL}"
+
+
+async def test_piped_input_is_read_ahead_only_a_little() -> None:
+    from chatcore.adapters.terminal import _READ_AHEAD, _LineReader
+
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "wb")
+    reader_stream = os.fdopen(read_fd, "r")
+    try:
+        writer.write(b"line\n" * 10_000)  # more than the read-ahead, less than the pipe holds
+        writer.flush()
+        lines = _LineReader(reader_stream, asyncio.get_running_loop())
+        for _ in range(100):  # bounded: 1 s for the reader to fill what it may
+            await asyncio.sleep(0.01)
+        assert lines._lines.qsize() == _READ_AHEAD
+        first = await lines.next()
+        assert first is not None and first.number == 1
+    finally:
+        writer.close()
+
+
+def test_a_signal_while_the_reader_of_stdout_stalls_still_ends_the_process(
+    isolated_env: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "many-lines"
+    source.write_text("".join(f"line {i}\n" for i in range(20_000)))
+    with source.open("rb") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatcore.cli", "chat"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,  # never read: the pipe fills and writes block
+            stderr=subprocess.PIPE,
+            env={
+                **os.environ,
+                "CHATCORE_MODEL__BACKEND": "fake",
+                "CHATCORE_LIFECYCLE__SHUTDOWN_TIMEOUT": "1",
+            },
+        )
+        time.sleep(2)  # let it fill the pipe (64 KiB) and block in a write
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 10
+
+
+async def test_ctrl_c_at_the_prompt_clears_the_line_and_the_chat_goes_on(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    app = await new_app(make_settings(isolated_env), backend=FakeBackend())
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        adapter = app.adapter(
+            "terminal",
+            stdout=out,
+            stderr=io.StringIO(),
+            interactive=True,
+            prompt_input=pipe,
+            prompt_output=DummyOutput(),
+        )
+        pipe.send_text("typed then cleared\x03after\r\x04")
+        assert await asyncio.wait_for(adapter.run(), 10) == 0
+    assert out.getvalue() == "bot> You said: after\n"
