@@ -7,12 +7,11 @@ A leaf module: it imports only value types, so adapters never import the app or 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from chatcore.config import AdapterSettings
 from chatcore.events import Message, ReplyEvent
@@ -30,6 +29,14 @@ class CommandInfo:
 
     name: str
     help: str
+
+
+class StopFlag(Protocol):
+    """Read-only view of the app's shutdown flag (an ``asyncio.Event`` adapters cannot set)."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Literal[True]: ...
 
 
 @runtime_checkable
@@ -69,7 +76,7 @@ class AdapterContext:
     chat: ChatService
     home: Path
     """The private data directory, for the adapter's own files."""
-    stopping: asyncio.Event
+    stopping: StopFlag
     """Set when the app shuts down: take no more messages, and return from ``run`` once the
     replies in flight have ended (each ends with a ``cancelled`` notice)."""
     interrupts_to: Callable[[Callable[[], object]], AbstractContextManager[None]]

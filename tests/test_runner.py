@@ -78,6 +78,7 @@ class CannotStart:
 class Adapters:
     def __init__(self) -> None:
         self.made: dict[str, Any] = {}
+        self.app: Any = None
 
     def _keep(self, factory: Callable[[AdapterContext], Any]) -> Callable[..., Any]:
         def make(context: AdapterContext, **options: Any) -> Any:
@@ -107,7 +108,8 @@ def adapters(monkeypatch: pytest.MonkeyPatch) -> Iterator[Adapters]:
         await host.load(settings)
         host.add_plugin(plugin, "test-adapters")
         await host.collect("test-adapters")
-        return await create_app(settings, plugins=host, backend=FakeBackend())
+        plugin.app = await create_app(settings, plugins=host, backend=FakeBackend())
+        return plugin.app
 
     monkeypatch.setattr(runner_module, "create_app", create)
     yield plugin
@@ -123,9 +125,8 @@ async def _run_until(
             if condition():
                 break
             await asyncio.sleep(0.01)
-        steady = adapters.made.get("steady")
-        if steady is not None:
-            steady.context.stopping.set()
+        if adapters.app is not None:
+            adapters.app.request_stop()  # what a signal does
 
     task = asyncio.ensure_future(stopper())
     try:
