@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "backends": "chatcore.builtin.backends",
     "commands": "chatcore.builtin.commands",
     "terminal": "chatcore.adapters.terminal",
+    "discord": "chatcore.adapters.discord",
 }
 """Built-in plugins by name: each module is an ordinary pluggy plugin."""
 

@@ -56,7 +56,10 @@ async def test_default_toml_holds_every_setting_with_the_code_default(
     await host.load(settings)
     for name, spec in host.adapters.items():
         expected.update(_fields(spec.settings, f"adapters.{name}."))
-    assert in_file == expected
+    # Secrets come from the environment only: a file must not even hold their default.
+    secrets = {key for key, value in expected.items() if isinstance(value, SecretStr)}
+    assert secrets == {"adapters.discord.token"}
+    assert in_file == {key: value for key, value in expected.items() if key not in secrets}
 
 
 def test_defaults_load(isolated_env: Path) -> None:
@@ -94,7 +97,7 @@ def test_plugins_allowlist_variable_is_not_parsed_as_a_section(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CHATCORE_PLUGINS", "one,two")
-    assert load_settings().plugins.builtin == ("backends", "commands", "terminal")
+    assert load_settings().plugins.builtin == ("backends", "commands", "terminal", "discord")
 
 
 def test_bad_value_names_key_value_source_and_what_is_allowed(

@@ -46,9 +46,10 @@ async def test_builtins_load_and_register(settings: Settings) -> None:
         "backends": "loaded",
         "commands": "loaded",
         "terminal": "loaded",
+        "discord": "loaded",
     }
     assert host.backends.names() == ["fake", "transformers"]
-    assert host.adapters.names() == ["terminal"]
+    assert host.adapters.names() == ["discord", "terminal"]
     assert host.commands.names() == ["help", "reset"]
     assert host.commands.owner("reset") == "commands"
     assert host.infos["commands"].registered == {"command": ["help", "reset"]}
