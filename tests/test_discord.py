@@ -113,7 +113,7 @@ async def test_a_mention_gets_a_streamed_reply_edited_at_most_once_per_interval(
     edits = server.calls("PATCH", f"/channels/{CHANNEL_ID}/messages/{mid}", status=200)
     typing = server.calls("POST", f"/channels/{CHANNEL_ID}/typing")
     assert len(posts) == 1 and posts[0].body["message_reference"]["message_id"] == asked
-    assert typing and typing[0].at <= posts[0].at  # typing shows while the model works
+    assert typing and typing[0].at < edits[-1].at  # typing shows while the model works
     assert reply["versions"][0] != text and reply["versions"][-1] == text  # it streamed
     changes = [posts[0].at, *(edit.at for edit in edits)]
     gaps = [later - earlier for earlier, later in itertools.pairwise(changes)]
@@ -241,6 +241,26 @@ async def test_rate_limits_are_waited_out_with_nothing_lost_or_doubled(
     patches = server.calls("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+")
     assert [p.status for p in patches].count(429) == 2
     assert len(server.messages) == 1 and reply["versions"][-1] == text
+
+
+async def test_a_channel_where_the_bot_may_not_write_is_logged_and_it_goes_on(
+    isolated_env: Path,
+    new_app: AppFactory,
+    server: FakeDiscord,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = FakeBackend(delay=0.01)
+    backend.enqueue([f" w{i}" for i in range(1000)])
+    server.fail_next("POST", rf"/channels/{OTHER_CHANNEL_ID}/messages", status=403)
+    server.fail_next("POST", rf"/channels/{OTHER_CHANNEL_ID}/typing", status=403)
+    async with bot(new_app, isolated_env, server, backend) as app:
+        await server.post(f"{MENTION} here?", channel_id=OTHER_CHANNEL_ID, mentions=[BOT])
+        asked = await server.post(f"{MENTION} and here?", mentions=[BOT])
+        await answered(server, asked, "You said: and here?")
+        history = await app.engine.store.history(_key(OTHER_CHANNEL_ID))
+    assert "discord: a reply could not be shown (Message " in caplog.text
+    assert "403 Forbidden" in caplog.text
+    assert len(history) == 2 and len(history[1].content.split()) < 1000  # the reply was stopped
 
 
 # -- the gateway -------------------------------------------------------------------------------
