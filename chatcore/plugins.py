@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "commands": "chatcore.builtin.commands",
     "terminal": "chatcore.adapters.terminal",
     "websocket": "chatcore.adapters.websocket",
+    "discord": "chatcore.adapters.discord",
 }
 """Built-in plugins by name: each module is an ordinary pluggy plugin."""
 

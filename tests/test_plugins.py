@@ -48,9 +48,10 @@ async def test_builtins_load_and_register(settings: Settings) -> None:
         "commands": "loaded",
         "terminal": "loaded",
         "websocket": "loaded",
+        "discord": "loaded",
     }
     assert host.backends.names() == ["fake", "transformers"]
-    assert host.adapters.names() == ["terminal", "websocket"]
+    assert host.adapters.names() == ["discord", "terminal", "websocket"]
     assert host.commands.names() == ["help", "reset"]
     assert host.commands.owner("reset") == "commands"
     assert host.infos["commands"].registered == {"command": ["help", "reset"]}
