@@ -28,6 +28,7 @@ from discord.http import Route
 from chatcore.adapter_api import AdapterContext, AdapterStartError, CommandInfo
 from chatcore.commands import parse_command
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
+from chatcore.metrics import ReplyTracker
 
 from .discord import TOKEN_ENV, DiscordSettings
 from .discord_reply import StreamedReply, keep_typing
@@ -171,7 +172,6 @@ class DiscordAdapter:
         text = self._text_for_bot(message, client.user)
         if text is None or not self._seen.first_time(message.id):
             return
-        # Metrics (chatcore/metrics.py, when it lands): count a Discord message received here.
         # A thread opened on a message has the message's id: the conversation goes on there.
         new_thread = self.settings.reply_in_thread and _opens_thread(message)
         incoming = Message(
@@ -256,11 +256,13 @@ class DiscordAdapter:
         shown = asyncio.create_task(reply.run())
         typing = asyncio.create_task(keep_typing(target))
         try:
-            async with aclosing(events):
-                async for event in events:
-                    if shown.done():
-                        break  # Discord refused the reply: closing the stream stops it
-                    _render(reply, event)
+            with self.context.metrics.track(self.context.name) as tracker:
+                async with aclosing(events):
+                    async for event in events:
+                        tracker.observe(event)
+                        if shown.done():
+                            break  # Discord refused the reply: closing the stream stops it
+                        _render(reply, event)
             reply.finish()
             await shown
         except discord.HTTPException as error:
@@ -326,9 +328,10 @@ class DiscordAdapter:
         events = self.chat.send(incoming)  # before any await: arrival order is handling order
         ephemeral = name not in self.settings.public_commands
         try:
-            async with aclosing(events):
-                await interaction.response.defer(ephemeral=ephemeral, thinking=True)
-                text = await _whole_text(events)
+            with self.context.metrics.track(self.context.name) as tracker:
+                async with aclosing(events):
+                    await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+                    text = await _whole_text(events, tracker)
             parts = split_message(text) or ["(no reply)"]
             await interaction.edit_original_response(content=parts[0])
             for part in parts[1:]:
@@ -346,14 +349,14 @@ def _render(reply: StreamedReply, event: ReplyEvent) -> None:
             reply.append(event.text)
         reply.finish(f"_{CUT_SHORT}_" if event.finish_reason == "length" else "")
     elif isinstance(event, ReplyError):
-        # Metrics: count a Discord reply error by event.code here.
         reply.finish(f"_{discord.utils.escape_markdown(event.text)}_")
 
 
-async def _whole_text(events: AsyncGenerator[ReplyEvent, None]) -> str:
+async def _whole_text(events: AsyncGenerator[ReplyEvent, None], tracker: ReplyTracker) -> str:
     """A command's reply as one text (the error's text for an error)."""
     parts: list[str] = []
     async for event in events:
+        tracker.observe(event)
         if isinstance(event, ReplyChunk):
             parts.append(event.text)
         elif isinstance(event, Reply):

@@ -129,7 +129,11 @@ async def test_a_direct_message_gets_a_reply(
         asked = await server.post("hi in private", channel_id=DM_CHANNEL_ID, guild_id=None)
         await answered(server, asked, "You said: hi in private")
         history = await app.engine.store.history(_key(DM_CHANNEL_ID))
+        scrape = app.metrics.render()[0].decode()
     assert [m.content for m in history] == ["hi in private", "You said: hi in private"]
+    # The app's one set of metrics counts Discord's traffic, beside the other adapters'.
+    assert 'chatcore_messages_total{adapter="discord"} 1.0' in scrape
+    assert 'chatcore_replies_total{adapter="discord"} 1.0' in scrape
 
 
 def _key(channel: int, user: int = USER_ID) -> Any:
