@@ -25,10 +25,11 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from chatcore.adapter_api import AdapterContext, AdapterStartError, CommandInfo
+from chatcore.adapter_api import AdapterContext, AdapterStartError, CommandInfo, ReplyStream
 from chatcore.commands import parse_command
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
 from chatcore.metrics import ReplyTracker
+from chatcore.text import clean_input
 
 from .discord import TOKEN_ENV, DiscordSettings
 from .discord_reply import StreamedReply, keep_typing
@@ -87,6 +88,11 @@ class _Client(discord.Client):
         )
         self.adapter = adapter
         self.tree: app_commands.CommandTree[_Client] = app_commands.CommandTree(self)
+        self.served = False
+        """The gateway said READY once: a later refusal is a crash, not a failure to start."""
+
+    async def on_ready(self) -> None:
+        self.served = True
 
     async def on_message(self, message: discord.Message) -> None:
         self.adapter.take(message)
@@ -134,7 +140,7 @@ class DiscordAdapter:
                 finally:
                     stopping.cancel()
                 if connection.done():
-                    _raise_start_error(connection)
+                    _raise_start_error(connection, served=client.served)
                     return 0
                 # Shutting down: the engine ends the replies in flight; let them show it.
                 await asyncio.gather(*self._replies, return_exceptions=True)
@@ -172,6 +178,7 @@ class DiscordAdapter:
         text = self._text_for_bot(message, client.user)
         if text is None or not self._seen.first_time(message.id):
             return
+        text = clean_input(text)  # the engine's input rule, so the command check sees its text
         # A thread opened on a message has the message's id: the conversation goes on there.
         new_thread = self.settings.reply_in_thread and _opens_thread(message)
         incoming = Message(
@@ -184,7 +191,7 @@ class DiscordAdapter:
         )
         command = parse_command(text)
         if command is not None and not self._may_run(command[0], message.author.id):
-            events: AsyncGenerator[ReplyEvent, None] = _refusal(
+            events: ReplyStream | AsyncGenerator[ReplyEvent, None] = _refusal(
                 incoming.id, ADMINS_ONLY.format(name=command[0])
             )
         else:
@@ -236,7 +243,7 @@ class DiscordAdapter:
     async def _answer(
         self,
         message: discord.Message,
-        events: AsyncGenerator[ReplyEvent, None],
+        events: ReplyStream | AsyncGenerator[ReplyEvent, None],
         *,
         thread: str | None = None,
     ) -> None:
@@ -352,7 +359,7 @@ def _render(reply: StreamedReply, event: ReplyEvent) -> None:
         reply.finish(f"_{discord.utils.escape_markdown(event.text)}_")
 
 
-async def _whole_text(events: AsyncGenerator[ReplyEvent, None], tracker: ReplyTracker) -> str:
+async def _whole_text(events: ReplyStream, tracker: ReplyTracker) -> str:
     """A command's reply as one text (the error's text for an error)."""
     parts: list[str] = []
     async for event in events:
@@ -403,10 +410,13 @@ def _log_failure(what: str, error: BaseException | None, source: object = None) 
         log.error("discord: %s%s (ref %s): %s", what, where, reference, error)
 
 
-def _raise_start_error(connection: asyncio.Task[None]) -> None:
-    """The gateway connection ended by itself: a refusal the operator must fix is an
-    ``AdapterStartError``; anything else is raised as it is (a crash)."""
+def _raise_start_error(connection: asyncio.Task[None], *, served: bool) -> None:
+    """The gateway connection ended by itself: a refusal before the bot ever served is an
+    ``AdapterStartError`` (exit code 2); anything else, and any refusal after it served (a
+    token revoked while running), is raised as a crash: the other adapters keep serving."""
     error = connection.exception()
+    if served and error is not None:
+        raise RuntimeError(f"Discord closed the connection for good: {error}") from error
     if isinstance(error, discord.PrivilegedIntentsRequired):
         raise AdapterStartError(
             "Discord refused the Message Content intent: turn on Message Content Intent on "

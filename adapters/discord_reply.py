@@ -20,6 +20,10 @@ TYPING_EVERY = 8.0
 """Seconds between typing notices (Discord shows one for about ten seconds)."""
 
 
+EMPTY = "_(no reply)_"
+"""Shown when a reply ends with no text at all."""
+
+
 class StreamedReply:
     """One reply in a channel. ``append`` text as it comes and ``finish`` it; ``run`` (a task)
     shows it: the first part is posted as a reply to the user's message, then edited with the
@@ -64,6 +68,8 @@ class StreamedReply:
         and show the end."""
         if not self._finished:
             self._text = close_code_block(self._text)
+            if not (self._text.strip() or notice or self.messages):
+                notice = EMPTY  # the user must see that the reply ended, even with nothing
             if notice:
                 self._text = f"{self._text.rstrip()}\n\n{notice}" if self._text.strip() else notice
             self._finished = True

@@ -129,7 +129,19 @@ def _last_cut(
     positions inside a code block count only when ``in_code``."""
     at = text.rfind(separator, start + 1, limit + 1)
     while at != -1:
-        if (in_code or not _inside(fences, at)) and _fits(text, limit, fences, at):
+        inside = _inside(fences, at)
+        if (
+            (in_code or not inside)
+            and not (inside and _opens_block(text, at))
+            and _fits(text, limit, fences, at)
+        ):
             return at
         at = text.rfind(separator, start + 1, at)
     return None
+
+
+def _opens_block(text: str, at: int) -> bool:
+    """Whether the line ending at ``at`` (inside a block) is the block's opening fence: a cut
+    there would leave an empty code block behind."""
+    line_start = text.rfind("\n", 0, at) + 1
+    return text.startswith(FENCE, line_start)

@@ -72,6 +72,7 @@ class Limits:
     _addresses: dict[str, _Address] = field(default_factory=dict)
 
     def _address(self, ip: str) -> _Address:
+        ip = limit_key(ip)
         found = self._addresses.get(ip)
         if found is None:
             found = self._addresses[ip] = _Address(
@@ -147,6 +148,20 @@ def _parses(address: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def limit_key(address: str) -> str:
+    """Whose limits an address counts against: itself, or for IPv6 its /64 network (one
+    host is handed a whole /64 and could rotate through it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

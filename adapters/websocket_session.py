@@ -449,7 +449,7 @@ def _parse(data: str) -> dict[str, Any] | None:
     """A frame's JSON object, or None when it is not one."""
     try:
         frame = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep ("[[[[...")
         return None
     return frame if isinstance(frame, dict) else None
 

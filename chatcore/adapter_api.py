@@ -7,7 +7,7 @@ A leaf module: it imports only value types, so adapters never import the app or 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,16 @@ class CommandInfo:
     help: str
 
 
+class ReplyStream(Protocol):
+    """The reply events of one message: ``async for`` them; ``aclose()`` stops the reply."""
+
+    def __aiter__(self) -> AsyncIterator[ReplyEvent]: ...
+
+    async def __anext__(self) -> ReplyEvent: ...
+
+    async def aclose(self) -> None: ...
+
+
 class StopFlag(Protocol):
     """Read-only view of the app's shutdown flag (an ``asyncio.Event`` adapters cannot set)."""
 
@@ -43,7 +53,7 @@ class StopFlag(Protocol):
 class ChatService(Protocol):
     """The engine as an adapter sees it."""
 
-    def send(self, message: Message) -> AsyncGenerator[ReplyEvent, None]:
+    def send(self, message: Message) -> ReplyStream:
         """Handle ``message``: zero or more ``ReplyChunk``, then one ``Reply`` or
         ``ReplyError``. Closing the iterator early stops the reply (what was said is kept)."""
         ...

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from chatcore.adapter_api import Adapter, AdapterContext, CommandInfo
+from chatcore.adapter_api import Adapter, AdapterContext, CommandInfo, ReplyStream
 from chatcore.config import ConfigError, Settings, section_settings
 from chatcore.engine import Engine
-from chatcore.events import Message, ReplyEvent
+from chatcore.events import Message
 from chatcore.files import secure_home
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
@@ -34,7 +34,7 @@ class AppChat:
     def __init__(self, app: App) -> None:
         self._app = app
 
-    def send(self, message: Message) -> AsyncGenerator[ReplyEvent, None]:
+    def send(self, message: Message) -> ReplyStream:
         return self._app.engine.handle(message)
 
     def commands(self) -> list[CommandInfo]:

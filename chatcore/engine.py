@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -63,6 +62,38 @@ class _Request:
                 self.emit(ReplyError(self.message.id, "cancelled", notice))
             self.ended = True
             self.events.put_nowait(_END)
+
+
+class ReplyStream:
+    """The events of one message, as ``Engine.handle`` returns them: iterate it. A reader that
+    leaves before the final event (``aclose``, or being cancelled while it waits) stops the
+    reply, even before its first event; one that leaves after it lets the after-reply hooks
+    finish."""
+
+    def __init__(self, request: _Request, task: asyncio.Task[None] | None) -> None:
+        self._request = request
+        self._task = task
+
+    def __aiter__(self) -> ReplyStream:
+        return self
+
+    async def __anext__(self) -> ReplyEvent:
+        try:
+            event = await self._request.events.get()
+        except asyncio.CancelledError:
+            self._stop()
+            raise
+        if event is _END:
+            self._request.events.put_nowait(_END)  # every later call ends too
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._task is not None and not self._task.done() and self._request.final is None:
+            self._task.cancel()
 
 
 class EngineNotStartedError(RuntimeError):
@@ -127,7 +158,7 @@ class Engine:
             except Exception:  # shutting down: report, and close the rest anyway
                 log.exception("closing the %s failed", name)
 
-    def handle(self, message: Message) -> AsyncGenerator[ReplyEvent, None]:
+    def handle(self, message: Message) -> ReplyStream:
         """Start handling ``message`` now and return its reply events: zero or more
         ``ReplyChunk``, then exactly one ``Reply`` or ``ReplyError``.
 
@@ -148,13 +179,13 @@ class Engine:
                 request.emit(ReplyError(message.id, "empty_message", "The message is empty."))
             request.end(SHUTTING_DOWN)
             _log_outcome(request)
-            return _replay(request)
+            return ReplyStream(request, None)
         key = message.conversation
         task = asyncio.create_task(self._process(request, self._tails.get(key)))
         self._tails[key] = task
         self._tasks.add(task)
         task.add_done_callback(partial(self._finished, key, request))
-        return self._drain(task, request)
+        return ReplyStream(request, task)
 
     def _finished(self, key: ConversationKey, request: _Request, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -163,18 +194,6 @@ class Engine:
         # The one place streams end, also for a task cancelled before it ran.
         request.end(SHUTTING_DOWN if self._stopping else STOPPED)
         _log_outcome(request)
-
-    async def _drain(
-        self, task: asyncio.Task[None], request: _Request
-    ) -> AsyncGenerator[ReplyEvent, None]:
-        try:
-            while (event := await request.events.get()) is not _END:
-                yield event
-        finally:
-            # A reader that leaves before the final event stops the reply; one that leaves
-            # after it lets the after-reply hooks finish.
-            if not task.done() and request.final is None:
-                task.cancel()
 
     async def _process(self, request: _Request, previous: asyncio.Task[None] | None) -> None:
         message = request.message
@@ -235,9 +254,9 @@ class Engine:
         except MessageTooLongError as error:
             request.emit(ReplyError(message.id, "message_too_long", str(error)))
             return
-        except SystemPromptTooLongError as error:
-            log.error("conversation %s: %s", key, error)
-            request.emit(ReplyError(message.id, "internal_error", str(error)))
+        except SystemPromptTooLongError as error:  # plugins added too much: the operator's to fix
+            summary = "The bot cannot answer right now"
+            request.emit(_logged_failure(message, "internal_error", summary, error))
             return
         if prompt.dropped:
             log.info("conversation %s: %d old messages left out", key, prompt.dropped)
@@ -298,12 +317,6 @@ def _log_outcome(request: _Request) -> None:
     else:
         outcome = "no answer"
     log.info("message %s in %s: %s", message.id, message.conversation, outcome)
-
-
-async def _replay(request: _Request) -> AsyncGenerator[ReplyEvent, None]:
-    """The events already queued in an ended request."""
-    while (event := request.events.get_nowait()) is not _END:
-        yield event
 
 
 async def _close_stream(stream: Any) -> None:

@@ -38,8 +38,9 @@ async def run_adapters(
     """Build the app, run the named adapters (all enabled ones when ``names`` is None) until
     every one has ended or a signal stops them, then close the app.
 
-    Returns 0 when every adapter ended with 0 (or after a clean shutdown), else the first
-    non-zero code; 128 + the signal's number after a signal when ``signal_exit_codes``. Raises
+    Returns 0 when every adapter ended with 0 (a clean shutdown after a signal included), else
+    the first non-zero code (1 for a crash); 128 + the signal's number after a signal when
+    ``signal_exit_codes``. Raises
     ``ConfigError`` or ``AdapterStartError`` (exit code 2 at the command line)."""
     app = await create_app(settings)
     grace = settings.lifecycle.shutdown_timeout
@@ -63,9 +64,10 @@ async def run_adapters(
             await app.close()
         finally:
             signals.uninstall()
-    if signals.received is not None:
-        return exit_code(signals.received) if signal_exit_codes else 0
-    return next((code for code in codes if code), 0)
+    failed = next((code for code in codes if code), 0)
+    if signals.received is not None and signal_exit_codes:
+        return exit_code(signals.received)
+    return failed  # after a signal too: a crashed adapter is not a clean shutdown
 
 
 async def _supervise(app: App, adapters: Mapping[str, Any], grace: float) -> list[int]:
@@ -93,8 +95,8 @@ async def _supervise(app: App, adapters: Mapping[str, Any], grace: float) -> lis
                 await asyncio.wait(pending, timeout=grace / 2)
             for task in pending:
                 task.cancel()
-            await asyncio.wait(pending)
-            codes += [_outcome(task, tasks[task]) for task in pending]
+            await asyncio.wait(pending, timeout=grace / 2)
+            codes += [_outcome(task, tasks[task]) if task.done() else 1 for task in pending]
     finally:
         stopping.cancel()
         for task in tasks:
@@ -110,7 +112,9 @@ def _outcome(task: asyncio.Task[int], name: str) -> int:
     error = task.exception()
     if error is None:
         return task.result()
-    if isinstance(error, AdapterStartError | ConfigError | PluginError | GenerationError):
-        raise error  # the adapter, or the app it started, cannot start: it says why
+    if isinstance(error, AdapterStartError):
+        raise AdapterStartError(f"adapter {name!r}: {error}") from error
+    if isinstance(error, ConfigError | PluginError | GenerationError):
+        raise error  # the app the adapter started cannot start: it says why
     log.error("adapter %r crashed: %s; the others keep serving", name, error, exc_info=error)
     return 1

@@ -354,6 +354,9 @@ async def test_admin_commands_are_refused_to_others_and_public_commands_are_publ
         )
         mentioned = await server.post(f"{MENTION} /reset", mentions=[BOT])
         await answered(server, mentioned, "_Only the bot's admins can use /reset._")
+        # A control character in front does not sneak past the check (the engine drops it).
+        sneaky = await server.post(f"{MENTION} \x07/reset", mentions=[BOT])
+        await answered(server, sneaky, "_Only the bot's admins can use /reset._")
     (refusal,) = server.interaction_messages(refused)
     assert refusal["content"] == "Only the bot's admins can use /reset." and refusal["flags"] == 64
     assert server.interaction_messages(allowed)[0]["content"].startswith("Nothing to forget")
@@ -423,8 +426,9 @@ async def test_a_missing_token_is_one_line_and_exit_code_2(isolated_env: Path) -
     code, err = await _chatcore_run({})
     assert code == 2
     assert err == (
-        "error: no Discord token: set DISCORD_TOKEN (or CHATCORE_ADAPTERS__DISCORD__TOKEN) to "
-        "your bot's token from the Discord developer portal; see docs/discord.md\n"
+        "error: adapter 'discord': no Discord token: set DISCORD_TOKEN (or "
+        "CHATCORE_ADAPTERS__DISCORD__TOKEN) to your bot's token from the Discord developer "
+        "portal; see docs/discord.md\n"
     )
 
 
@@ -437,7 +441,8 @@ async def test_a_rejected_token_is_one_line_and_exit_code_2(
     )
     assert code == 2
     assert err == (
-        "error: Discord rejected the token (401 Unauthorized): set DISCORD_TOKEN to the token "
+        "error: adapter 'discord': Discord rejected the token (401 Unauthorized): set "
+        "DISCORD_TOKEN to the token "
         "on the Bot page of your application in the Discord developer portal\n"
     )
     (login,) = server.calls("GET", "/users/@me")

@@ -125,3 +125,14 @@ def test_any_text_is_cut_into_parts_that_fit(text: str, limit: int) -> None:
     assert all(part.count(FENCE) % 2 == 0 for part in parts[:-1])
     if "`" not in text:  # no fences added: the parts are the text, less whitespace at the cuts
         assert re.sub(r"\s", "", "".join(parts)) == re.sub(r"\s", "", text)
+
+
+def test_no_cut_leaves_an_empty_code_block() -> None:
+    text = "intro\n```\n" + "y" * 3000
+    parts = split_message(text)
+    assert parts[0] == "intro"
+    assert all(not part.rstrip().endswith("```python\n```") for part in parts)
+    long_code = "x" * 1990 + "\n```python\n" + "print(1)\n" * 300 + "```"
+    for part in split_message(long_code):
+        assert "```python\n```" not in part
+        assert len(part) <= 2000

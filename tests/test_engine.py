@@ -384,3 +384,22 @@ async def test_each_message_is_one_log_line_with_its_conversation_and_id(
         f"message {first.id} in test:c1:alice: replied (stop, 3 tokens)",
         f"message {second.id} in test:c1:alice: error unknown_command",
     ]
+
+
+async def test_a_stream_closed_before_its_first_event_stops_the_reply(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    backend = FakeBackend(delay=0.01)
+    backend.enqueue([f" w{i}" for i in range(1000)])
+    app = await new_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    stream = app.engine.handle(msg("talk"))
+    await stream.aclose()  # the reader leaves before reading anything
+    for _ in range(200):  # bounded: 2 s
+        if not app.engine._tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert not app.engine._tasks and backend.active == 0
+    history = await app.engine.store.history(msg("").conversation)
+    # Stopped before it began (nothing to keep), or early: never generated in full for nobody.
+    assert sum(len(m.content.split()) for m in history) < 100

@@ -129,16 +129,30 @@ async def test_a_cancel_right_behind_its_message_still_ends_it_with_cancelled(
     serve: Serve, client: aiohttp.ClientSession
 ) -> None:
     served = await serve(FakeBackend(delay=0.01))
+    for _ in range(5):
+        served.backend.enqueue(LONG)  # far longer than the cancel takes to arrive
     ws = await connect_ready(client, served)
     for n in range(5):  # both frames usually arrive together, before the reply's task has run
         await ws.send_json({"type": "message", "id": f"r{n}", "text": "hello"})
         await ws.send_json({"type": "cancel", "id": f"r{n}"})
         final = (await until_final(ws, f"r{n}"))[-1]
-        assert (final["type"], final.get("code")) in {("error", "cancelled"), ("reply", None)}
+        assert (final["type"], final.get("code")) == ("error", "cancelled")
     await eventually(
         lambda: not any(s.pending for s in served.adapter.hub.sessions), "nothing left pending"
     )
     assert served.backend.active == 0
+
+
+async def test_deeply_nested_json_is_a_bad_json_error_and_the_connection_stays_open(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    served = await serve(FakeBackend())
+    ws = await connect_ready(client, served)
+    await ws.send_str("[" * 15_000)  # under the size limit; too deep for the JSON parser
+    frame = await ws.receive_json(timeout=10)
+    assert (frame["type"], frame["code"]) == ("error", "bad_json")
+    await ws.send_json({"type": "message", "id": "after", "text": "still here"})
+    assert (await until_final(ws, "after"))[-1]["text"] == "You said: still here"
 
 
 async def test_cancel_without_an_id_stops_every_reply_of_the_connection(
@@ -582,3 +596,11 @@ async def test_every_frame_counts_against_the_rate_and_a_flood_is_closed_with_10
         codes.add(json.loads(message.data)["code"])
     assert codes == {"rate_limited"}
     assert ws.close_code == 1008
+
+
+def test_ipv6_addresses_share_the_limits_of_their_64_network() -> None:
+    from chatcore.adapters.websocket_limits import limit_key
+
+    assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:bbbb::2")
+    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
+    assert limit_key("::ffff:192.0.2.7") == limit_key("192.0.2.7") == "192.0.2.7"
