@@ -192,8 +192,8 @@ class TerminalAdapter:
             stop.cancel()
             if not work.done():
                 work.cancel()
-        if work.cancelled():
-            return None
+        if not work.done() or work.cancelled():
+            return None  # cancelled just now, or before
         if self.context.stopping.is_set():
             work.exception()  # retrieved: shutting down, nobody needs it
             return None
@@ -208,7 +208,7 @@ class TerminalAdapter:
             "/help lists commands; Ctrl-D or /quit leaves.",
             markup=True,
         )
-        while True:
+        while not self.context.stopping.is_set():
             text = await self._until_stopped(_prompt(session))
             if text is _CLEARED:
                 continue  # Ctrl-C at the prompt clears the line, like a shell

@@ -117,7 +117,9 @@ class ShutdownSignals:
             self._in_loop(self._interrupt_takers[-1])
             return
         self.received = sig
-        log.warning(
+        # INFO: adapters show the shutdown where it matters (a stopped reply says so), and a
+        # warning here would cut into a reply that is being printed.
+        log.info(
             "%s received: shutting down (a second signal exits at once; at most %g s)",
             sig.name,
             self.grace,
