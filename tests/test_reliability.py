@@ -675,3 +675,25 @@ async def test_ctrl_c_at_the_prompt_clears_the_line_and_the_chat_goes_on(
         pipe.send_text("typed then cleared\x03after\r\x04")
         assert await asyncio.wait_for(adapter.run(), 10) == 0
     assert out.getvalue() == "bot> You said: after\n"
+
+
+async def test_a_shutdown_while_the_prompt_waits_ends_the_chat_cleanly(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    app = await new_app(make_settings(isolated_env), backend=FakeBackend())
+    with create_pipe_input() as pipe:
+        adapter = app.adapter(
+            "terminal",
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+            interactive=True,
+            prompt_input=pipe,
+            prompt_output=DummyOutput(),
+        )
+        run = asyncio.ensure_future(adapter.run())
+        await asyncio.sleep(0.3)  # at the prompt
+        app.request_stop()  # what SIGTERM does
+        assert await asyncio.wait_for(run, 10) == 0
