@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chatcore.config import ConfigError
-from chatcore.generation.types import ChatMessage, ChatTokenizer
+from chatcore.events import ChatMessage
+from chatcore.generation.types import ChatTokenizer
 
 
 class MessageTooLongError(Exception):

@@ -18,6 +18,7 @@ from chatcore.commands import CommandContext, parse_command
 from chatcore.config import Settings
 from chatcore.context import ContextBuilder, MessageTooLongError, SystemPromptTooLongError
 from chatcore.events import (
+    ChatMessage,
     ConversationKey,
     ErrorCode,
     FinishReason,
@@ -28,7 +29,7 @@ from chatcore.events import (
     ReplyEvent,
     Usage,
 )
-from chatcore.generation.types import Backend, ChatMessage, GenerationError
+from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.base import ConversationStore
 from chatcore.plugins import PluginFault, PluginHost
 from chatcore.text import clean_input

@@ -53,6 +53,22 @@ class Message:
         return ConversationKey(self.platform, self.channel, self.user)
 
 
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a conversation or a prompt. Stored messages also carry their ``id``, when
+    they were ``created`` and their size in ``tokens`` (None where unknown); these do not take
+    part in equality, so a stored message equals the same role and text built by hand."""
+
+    role: Role
+    content: str
+    id: str | None = field(default=None, compare=False)
+    created: datetime | None = field(default=None, compare=False)
+    tokens: int | None = field(default=None, compare=False)
+
+
 FinishReason = Literal["stop", "length", "cancelled"]
 """Why a reply ended: the model finished, the token limit was hit, or the consumer went away."""
 

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from chatcore.events import FinishReason, Usage
+from chatcore.events import ChatMessage, FinishReason, Role, Usage
+
+__all__ = ["Backend", "ChatMessage", "ChatTokenizer", "Chunk", "GenerationError", "Role"]
 
 if TYPE_CHECKING:
     from chatcore.config import GenerationSettings
-
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One message of a chat prompt."""
-
-    role: Role
-    content: str
 
 
 @dataclass(frozen=True, slots=True)

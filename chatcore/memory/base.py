@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from chatcore.events import ConversationKey
-from chatcore.generation.types import ChatMessage
+from chatcore.events import ChatMessage, ConversationKey
 
 
 @runtime_checkable

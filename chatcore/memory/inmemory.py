@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-from chatcore.events import ConversationKey
-from chatcore.generation.types import ChatMessage
+from chatcore.events import ChatMessage, ConversationKey
 
 
 class InMemoryConversationStore:
