@@ -20,6 +20,7 @@ from chatcore.events import Message
 from chatcore.files import secure_home
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
+from chatcore.memory.base import ConversationStore
 from chatcore.memory.inmemory import InMemoryConversationStore
 from chatcore.metrics import Metrics
 from chatcore.plugins import PluginError, PluginHost, Registry
@@ -129,10 +130,14 @@ class App:
 
 
 async def create_app(
-    settings: Settings, *, plugins: PluginHost | None = None, backend: Backend | None = None
+    settings: Settings,
+    *,
+    plugins: PluginHost | None = None,
+    backend: Backend | None = None,
+    store: ConversationStore | None = None,
 ) -> App:
-    """Load plugins (unless given), create the configured backend (unless given) and the
-    engine. Raises ``PluginError`` when the configured backend does not exist."""
+    """Load plugins (unless given), create the configured backend and store (unless given)
+    and the engine. Raises ``PluginError`` when the configured backend does not exist."""
     if plugins is None:
         plugins = PluginHost()
         await plugins.load(settings)
@@ -146,10 +151,8 @@ async def create_app(
             log.warning("%s", problem)
     except OSError as error:  # what needs the directory says so when it needs it
         log.warning("the data directory %s is not usable: %s", settings.home_path, error)
-    store = InMemoryConversationStore(
-        limit=settings.context.history_limit,
-        max_conversations=settings.storage.max_conversations_in_memory,
-    )
+    if store is None:
+        store = open_store(settings)
     app = App(settings, plugins, Engine(settings, backend, store, plugins))
     _check_adapter_sections(app)
     return app
@@ -171,6 +174,14 @@ def _check_adapter_sections(app: App) -> None:
             )
         else:
             log.info("[adapters.%s]: no plugin registers an adapter by that name", name)
+
+
+def open_store(settings: Settings) -> ConversationStore:
+    """The conversation store the settings ask for (today: in process memory)."""
+    return InMemoryConversationStore(
+        limit=settings.context.history_limit,
+        max_conversations=settings.storage.max_conversations_in_memory,
+    )
 
 
 @contextmanager
