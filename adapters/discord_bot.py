@@ -46,6 +46,12 @@ MAX_SLASH_COMMANDS = 100
 """Discord's limit on an application's global slash commands."""
 _SLASH_NAME = re.compile(r"^[-_a-z0-9]{1,32}$")
 _SEEN_KEPT = 10_000
+_CHANNELS_KEPT = 1_000
+"""Channels whose newest message the bot remembers, to catch up on them after a new session."""
+CATCH_UP_LIMIT = 100
+"""At most this many messages are read back per channel after a new session."""
+READY_WAIT = 30.0
+"""Seconds the catch-up waits for the new session's guilds (READY's ``on_ready``) at most."""
 
 
 class _RecentIds:
@@ -67,6 +73,38 @@ class _RecentIds:
         if len(self._ids) > self.size:
             self._ids.popitem(last=False)
         return True
+
+
+class _LastSeen:
+    """Per channel (a thread and a direct-message channel are channels) where the bot was
+    addressed or answered: the id of the newest message it saw there, for the ``size`` channels
+    most recently active; after a new gateway session the bot reads on from there."""
+
+    def __init__(self, size: int = _CHANNELS_KEPT) -> None:
+        self.size = size
+        self._last: OrderedDict[int, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def get(self, channel_id: int) -> int | None:
+        return self._last.get(channel_id)
+
+    def channels(self) -> list[int]:
+        """The channels remembered, the most recently active first."""
+        return list(reversed(self._last))
+
+    def saw(self, channel_id: int, message_id: int, *, remember: bool) -> None:
+        """A message in the channel: its id is the newest seen there if it is newer. A channel
+        not remembered yet is added only when ``remember`` (an addressed message, the bot's own
+        thread); any message makes a remembered channel the most recently active."""
+        last = self._last.get(channel_id)
+        if last is None and not remember:
+            return
+        self._last[channel_id] = message_id if last is None else max(last, message_id)
+        self._last.move_to_end(channel_id)
+        if len(self._last) > self.size:
+            self._last.popitem(last=False)
 
 
 class _Client(discord.Client):
@@ -91,8 +129,13 @@ class _Client(discord.Client):
         self.served = False
         """The gateway said READY once: a later refusal is a crash, not a failure to start."""
 
+    async def on_connect(self) -> None:
+        # Dispatched when READY is parsed, so this runs before any message of the new session.
+        self.adapter.new_session()
+
     async def on_ready(self) -> None:
         self.served = True
+        self.adapter.session_ready.set()
 
     async def on_message(self, message: discord.Message) -> None:
         self.adapter.take(message)
@@ -110,6 +153,15 @@ class DiscordAdapter:
         self._seen = _RecentIds()
         self._own_threads = _RecentIds()
         self._replies: set[asyncio.Task[None]] = set()
+        self._last_seen = _LastSeen()
+        self._held: dict[int, list[discord.Message]] = {}
+        """The channels being caught up after a new session, each with the live messages that
+        arrived meanwhile, taken once its missed messages have been."""
+        self._due: OrderedDict[int, None] = OrderedDict()
+        """Those channels whose history is still to be read, the next first."""
+        self._catching_up: asyncio.Task[None] | None = None
+        self.session_ready = asyncio.Event()
+        """The current gateway session's guilds have arrived (``on_ready``)."""
 
     def token(self) -> str:
         """The bot token: the setting (from the environment only), else ``DISCORD_TOKEN``."""
@@ -146,6 +198,10 @@ class DiscordAdapter:
                 await asyncio.gather(*self._replies, return_exceptions=True)
                 return 0
             finally:
+                if self._catching_up is not None:
+                    self._catching_up.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await self._catching_up
                 await client.close()
                 if connection is not None and not connection.done():
                     connection.cancel()
@@ -170,12 +226,25 @@ class DiscordAdapter:
     # -- messages -------------------------------------------------------------------------
 
     def take(self, message: discord.Message) -> None:
-        """A message arrived: answer it if it is for the bot. The reply is started here,
-        before any await, so that messages are handled in the order Discord sent them."""
+        """A message arrived on the gateway: answer it if it is for the bot, unless its channel
+        is being caught up (``new_session``): then it waits for the messages missed there."""
+        channel_id = message.channel.id
+        held = self._held.get(channel_id)
+        if held is None:
+            self._take(message)
+            return
+        held.append(message)
+        if channel_id in self._due:
+            self._due.move_to_end(channel_id, last=False)  # a channel in use is read first
+
+    def _take(self, message: discord.Message) -> None:
+        """Answer ``message`` if it is for the bot and not answered yet. The reply is started
+        here, before any await, so that messages are handled in the order Discord sent them."""
         client = self._client
         if client is None or client.user is None or self.context.stopping.is_set():
             return
         text = self._text_for_bot(message, client.user)
+        self._last_seen.saw(message.channel.id, message.id, remember=text is not None)
         if text is None or not self._seen.first_time(message.id):
             return
         text = clean_input(text)  # the engine's input rule, so the command check sees its text
@@ -200,6 +269,69 @@ class DiscordAdapter:
         task = asyncio.create_task(self._answer(message, events, thread=thread))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+
+    # -- catching up after a new session ----------------------------------------------------
+
+    def new_session(self) -> None:
+        """READY: a new gateway session. After the first one (an invalidated session, one that
+        could not be resumed) Discord does not replay what was sent meanwhile, so every
+        remembered channel's messages since the newest seen there are read back and taken like
+        live ones; live messages arriving there meanwhile are held until then, to keep order."""
+        self.session_ready.clear()
+        for channel_id in self._last_seen.channels():
+            self._held.setdefault(channel_id, [])
+            self._due[channel_id] = None  # again, if it was being read: the gap grew
+        if self._due and (self._catching_up is None or self._catching_up.done()):
+            self._catching_up = asyncio.create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Read the channels due, one at a time, once the session's guilds are known."""
+        while self._due and not self.context.stopping.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.session_ready.wait(), READY_WAIT)
+            channel_id, _ = self._due.popitem(last=False)
+            messages = await self._read_missed(channel_id)
+            if channel_id not in self._due:  # else a newer session reads it again: still held
+                messages += self._held.pop(channel_id, [])  # those read back are seen: skipped
+            for message in messages:
+                try:
+                    self._take(message)
+                except Exception:
+                    _log_failure("a message could not be taken", None, message)
+
+    async def _read_missed(self, channel_id: int) -> list[discord.Message]:
+        """The messages sent in the channel after the newest one seen there, oldest first (at
+        most ``CATCH_UP_LIMIT``); none when it cannot be read (logged)."""
+        client, after = self._client, self._last_seen.get(channel_id)
+        if client is None or after is None:
+            return []
+        try:
+            channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                return []
+            missed = [
+                message
+                async for message in channel.history(
+                    limit=CATCH_UP_LIMIT + 1, after=discord.Object(id=after), oldest_first=True
+                )
+            ]
+        except discord.HTTPException as error:
+            _log_failure(f"the messages missed in channel {channel_id} could not be read", error)
+            return []
+        except Exception:
+            _log_failure(f"the messages missed in channel {channel_id} could not be read", None)
+            return []
+        if len(missed) > CATCH_UP_LIMIT:
+            log.warning(
+                "discord: more than %d messages were missed in channel %d while the bot was "
+                "away; only the first %d were read back",
+                CATCH_UP_LIMIT,
+                channel_id,
+                CATCH_UP_LIMIT,
+            )
+        return missed[:CATCH_UP_LIMIT]
+
+    # -- who the bot answers ----------------------------------------------------------------
 
     def _text_for_bot(self, message: discord.Message, me: discord.ClientUser) -> str | None:
         """The text to answer, without the bot's mention; None when the bot should not
@@ -253,12 +385,13 @@ class DiscordAdapter:
         reference: discord.MessageReference | None = message.to_reference(fail_if_not_exists=False)
         if thread is not None:
             try:
-                target = await message.create_thread(name=thread)
+                opened = await message.create_thread(name=thread)
             except discord.HTTPException as error:
                 _log_failure("no thread could be opened; answering in the channel", error, message)
             else:
-                self._own_threads.first_time(message.id)  # the thread's id
-                reference = None
+                target, reference = opened, None
+                self._own_threads.first_time(opened.id)  # the message's id too
+                self._last_seen.saw(opened.id, opened.id, remember=True)
         reply = StreamedReply(target, reference=reference, interval=self.settings.edit_interval)
         shown = asyncio.create_task(reply.run())
         typing = asyncio.create_task(keep_typing(target))

@@ -1,10 +1,13 @@
 """A fake Discord on 127.0.0.1 for the Discord adapter's tests: the REST routes and the gateway
 that discord.py uses, small and readable, recording everything the client does.
 
-REST: login, message send/edit, typing, slash-command sync, interaction responses, 429s on
-demand. Gateway (JSON, zlib-stream when asked): HELLO, IDENTIFY → READY + GUILD_CREATE, heartbeat
-ACK, RESUME (missed events replayed) → RESUMED, and what tests inject: dispatches, forced
-closes, RECONNECT (op 7), INVALID_SESSION (op 9).
+REST: login, message send/edit, typing, slash-command sync, interaction responses, a channel,
+a channel's messages (its history), 429s and other errors on demand. Gateway (JSON, zlib-stream
+when asked): HELLO, IDENTIFY → READY + GUILD_CREATE, heartbeat ACK, RESUME (missed events
+replayed) → RESUMED, and what tests inject: dispatches, forced closes, RECONNECT (op 7),
+INVALID_SESSION (op 9). A message posted while no client is connected is kept in its channel's
+history (and for a RESUME), but a new session (IDENTIFY) does not get it: as on Discord, only
+reading the history finds it.
 """
 
 from __future__ import annotations
@@ -218,6 +221,10 @@ class FakeDiscord:
         """Whether the application may have the Message Content intent (the portal's switch)."""
         self.requests: list[Request] = []
         self.messages: dict[int, dict[str, Any]] = {}
+        self.history: dict[int, list[dict[str, Any]]] = {}
+        """Per channel, the messages posted there (users' and the bot's), oldest first."""
+        self.threads: dict[int, dict[str, Any]] = {}
+        """The threads the bot started, by id (in the next GUILD_CREATE, as on Discord)."""
         self.commands: list[dict[str, Any]] = []
         self.gateway_ops: list[int] = []
         self.identifies = 0
@@ -332,7 +339,9 @@ class FakeDiscord:
     async def post(self, content: str, **fields: Any) -> int:
         """A user posts a message (MESSAGE_CREATE); returns its id."""
         message_id = next(self._ids)
-        await self.dispatch("MESSAGE_CREATE", message(message_id, content, **fields))
+        data = message(message_id, content, **fields)
+        self.history.setdefault(int(data["channel_id"]), []).append(data)
+        await self.dispatch("MESSAGE_CREATE", data)
         return message_id
 
     async def slash(
@@ -432,7 +441,8 @@ class FakeDiscord:
         }
         await self.dispatch("READY", ready)
         for data_ in self.guilds:
-            await self.dispatch("GUILD_CREATE", data_)
+            started = [t for t in self.threads.values() if t["guild_id"] == data_["id"]]
+            await self.dispatch("GUILD_CREATE", {**data_, "threads": data_["threads"] + started})
 
     async def _resume(self, connection: _Connection, data: dict[str, Any]) -> None:
         if not self._session or data.get("session_id") != self._session:
@@ -494,8 +504,16 @@ class FakeDiscord:
             match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)/threads", path)
         ):
             started = {**thread(int(match[2]), BOT_ID, int(match[1])), "name": body["name"]}
+            self.threads[int(started["id"])] = started
             await self.dispatch("THREAD_CREATE", {**started, "newly_created": True})
             return _json(started)
+        if method == "GET" and (match := re.fullmatch(r"/channels/(\d+)", path)):
+            found = self._channel(int(match[1]))
+            if found is None:
+                return _json({"message": "Unknown Channel", "code": 10003}, status=404)
+            return _json(found)
+        if method == "GET" and (match := re.fullmatch(r"/channels/(\d+)/messages", path)):
+            return self._read_history(int(match[1]), request.query)
         if method == "POST" and (match := re.fullmatch(r"/channels/(\d+)/messages", path)):
             return _json(await self._create(int(match[1]), body))
         if method == "PATCH" and (match := re.fullmatch(r"/channels/\d+/messages/(\d+)", path)):
@@ -519,8 +537,38 @@ class FakeDiscord:
         self.messages[message_id] = data
         return data
 
+    def _channel(self, channel_id: int) -> dict[str, Any] | None:
+        """A channel as ``GET /channels/{id}`` shows it: a server's channel or thread, a thread
+        the bot started, or the direct-message channel with Alice."""
+        if channel_id == DM_CHANNEL_ID:
+            return {"id": str(DM_CHANNEL_ID), "type": 1, "recipients": [ALICE]}
+        for data in self.guilds:
+            for found in [*data["channels"], *data["threads"]]:
+                if int(found["id"]) == channel_id:
+                    return {**found, "guild_id": data["id"]}
+        return self.threads.get(channel_id)
+
+    def _read_history(self, channel_id: int, query: Any) -> web.Response:
+        """``GET /channels/{id}/messages``: as Discord, ``limit`` (1 to 100, default 50) messages
+        newest first: with ``after``, the ones right after that id; with ``before``, the ones
+        right before it; else the newest. (discord.py reverses an ``after`` page for
+        ``oldest_first`` and goes on after the page's first, newest, message.)"""
+        limit = int(query.get("limit", 50))
+        if not 1 <= limit <= 100 or "around" in query:
+            return _json({"message": "fake: limit 1 to 100, no around", "code": 50035}, status=400)
+        posted = sorted(self.history.get(channel_id, []), key=lambda m: int(m["id"]))
+        if "after" in query:
+            page = [m for m in posted if int(m["id"]) > int(query["after"])][:limit]
+        elif "before" in query:
+            page = [m for m in posted if int(m["id"]) < int(query["before"])][-limit:]
+        else:
+            page = posted[-limit:]
+        hidden = ("versions", "interaction_token")
+        return _json([{k: v for k, v in m.items() if k not in hidden} for m in reversed(page)])
+
     async def _create(self, channel_id: int, body: dict[str, Any]) -> Any:
         data = self._store(channel_id, body["content"])
+        self.history.setdefault(channel_id, []).append(data)
         if body.get("message_reference"):
             data["message_reference"] = body["message_reference"]
         if self.echo:

@@ -300,6 +300,125 @@ async def test_a_dropped_gateway_resumes_and_no_message_is_answered_twice_or_los
     assert server.gateway_ops.count(6) == 2 and server.gateway_ops.count(2) == 2
 
 
+async def test_a_message_sent_while_the_session_was_invalidated_is_answered_once_after_ready(
+    isolated_env: Path, new_app: AppFactory, server: FakeDiscord
+) -> None:
+    backend = FakeBackend()
+    async with bot(new_app, isolated_env, server, backend):
+        first = await server.post(f"{MENTION} one", mentions=[BOT])
+        await answered(server, first, "You said: one")
+        dm = await server.post("dm one", channel_id=DM_CHANNEL_ID, guild_id=None)
+        await answered(server, dm, "You said: dm one")
+
+        await server.send_op(9, False)  # INVALID_SESSION: nothing sent meanwhile is replayed
+        # The client cannot have identified again yet: these are posted before the fake runs.
+        missed = await server.post(f"{MENTION} two", mentions=[BOT])
+        await server.post("not for the bot")
+        await server.post(f"{MENTION} from a bot", author=OTHER_BOT, mentions=[BOT])
+        missed_dm = await server.post("dm two", channel_id=DM_CHANNEL_ID, guild_id=None)
+        await server.connected(identifies=2)
+        # Live, right after the new READY: held until the channel is caught up, and read back
+        # from the history too; answered once.
+        between = await server.post(f"{MENTION} between", mentions=[BOT])
+        await answered(server, missed, "You said: two")
+        await answered(server, missed_dm, "You said: dm two")
+        await answered(server, between, "You said: between")
+        again = await server.post(f"{MENTION} three", mentions=[BOT])  # the live path as usual
+        await answered(server, again, "You said: three")
+    asked = [call.messages[-1].content for call in backend.calls]
+    assert sorted(asked) == sorted(["one", "dm one", "two", "dm two", "between", "three"])
+    assert asked.index("two") < asked.index("between")  # a channel's messages in their order
+    assert all(len(server.replies_to(m)) == 1 for m in (first, dm, missed, missed_dm, between))
+    assert server.gateway_ops.count(6) == 0 and server.gateway_ops.count(2) == 2  # no RESUME
+    for channel in (CHANNEL_ID, DM_CHANNEL_ID):  # each read back once
+        assert len(server.calls("GET", rf"/channels/{channel}/messages", status=200)) == 1
+    assert server.calls("GET", rf"/channels/{DM_CHANNEL_ID}", status=200)  # not in the cache
+
+
+async def test_a_channel_whose_history_is_refused_is_logged_and_the_others_are_caught_up(
+    isolated_env: Path,
+    new_app: AppFactory,
+    server: FakeDiscord,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = FakeBackend()
+    async with bot(new_app, isolated_env, server, backend):
+        here = await server.post(f"{MENTION} here", mentions=[BOT])
+        await answered(server, here, "You said: here")
+        there = await server.post(f"{MENTION} there", channel_id=OTHER_CHANNEL_ID, mentions=[BOT])
+        await answered(server, there, "You said: there")
+
+        server.fail_next("GET", rf"/channels/{OTHER_CHANNEL_ID}/messages", status=403)
+        await server.send_op(9, False)
+        lost = await server.post(f"{MENTION} lost", channel_id=OTHER_CHANNEL_ID, mentions=[BOT])
+        missed = await server.post(f"{MENTION} missed", mentions=[BOT])
+        await server.connected(identifies=2)
+        await answered(server, missed, "You said: missed")
+        await server.wait_until(
+            lambda: server.calls("GET", rf"/channels/{OTHER_CHANNEL_ID}/messages", status=403),
+            "the refused read",
+        )
+        later = await server.post(f"{MENTION} later", channel_id=OTHER_CHANNEL_ID, mentions=[BOT])
+        await answered(server, later, "You said: later")  # the channel is served again
+    assert [call.messages[-1].content for call in backend.calls] == [
+        "here",
+        "there",
+        "missed",
+        "later",
+    ]
+    assert server.replies_to(lost) == []
+    assert (
+        f"discord: the messages missed in channel {OTHER_CHANNEL_ID} could not be read (ref "
+        in caplog.text
+    )
+    assert "403 Forbidden" in caplog.text
+
+
+async def test_at_most_100_missed_messages_per_channel_are_read_back_with_a_warning(
+    isolated_env: Path,
+    new_app: AppFactory,
+    server: FakeDiscord,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = FakeBackend()
+    async with bot(new_app, isolated_env, server, backend):
+        first = await server.post(f"{MENTION} first", mentions=[BOT])
+        await answered(server, first, "You said: first")
+
+        await server.send_op(9, False)
+        oldest = await server.post(f"{MENTION} oldest", mentions=[BOT])
+        for i in range(99):
+            await server.post(f"chatter {i}")
+        too_late = await server.post(f"{MENTION} the 101st", mentions=[BOT])
+        await server.connected(identifies=2)
+        await answered(server, oldest, "You said: oldest")
+        last = await server.post(f"{MENTION} last", mentions=[BOT])  # live, after the catch-up
+        await answered(server, last, "You said: last")
+    assert [call.messages[-1].content for call in backend.calls] == ["first", "oldest", "last"]
+    assert server.replies_to(too_late) == []
+    reads = server.calls("GET", rf"/channels/{CHANNEL_ID}/messages", status=200)
+    assert len(reads) == 2  # a page of 100, then one more to know that more were missed
+    assert (
+        f"more than 100 messages were missed in channel {CHANNEL_ID} while the bot was away"
+        in caplog.text
+    )
+
+
+def test_the_channels_remembered_are_the_most_recently_active_with_their_newest_message() -> None:
+    from chatcore.adapters.discord_bot import _LastSeen
+
+    seen = _LastSeen(size=2)
+    seen.saw(1, 10, remember=False)  # not addressed there: not remembered
+    assert len(seen) == 0
+    seen.saw(1, 11, remember=True)
+    seen.saw(2, 20, remember=True)
+    seen.saw(1, 15, remember=False)  # any message in a remembered channel moves it on
+    seen.saw(1, 12, remember=False)  # an older one does not
+    assert seen.channels() == [1, 2] and seen.get(1) == 15
+    seen.saw(3, 30, remember=True)  # the least recently active is forgotten
+    assert seen.channels() == [3, 1] and seen.get(2) is None
+
+
 # -- slash commands ----------------------------------------------------------------------------
 
 
