@@ -93,6 +93,7 @@ class ContextSettings(_Section):
     system_prompt: str = "You are a helpful AI assistant."
     window: int = Field(0, ge=0)
     history_limit: int = Field(200, ge=2)
+    extra_share: float = Field(0.25, gt=0.0, le=0.9)
 
 
 class StorageSettings(_Section):

@@ -16,7 +16,12 @@ from typing import Any
 
 from chatcore.commands import CommandContext, parse_command
 from chatcore.config import Settings
-from chatcore.context import ContextBuilder, MessageTooLongError, SystemPromptTooLongError
+from chatcore.context import (
+    ContextBuilder,
+    MessageTooLongError,
+    Sections,
+    SystemPromptTooLongError,
+)
 from chatcore.events import (
     ChatMessage,
     ConversationKey,
@@ -136,6 +141,7 @@ class Engine:
                     self.backend.tokenizer,
                     reserve=self.settings.context_reserve,
                     window=self.settings.context.window,
+                    extra_share=self.settings.context.extra_share,
                 )
                 context.check_system_prompt(self.settings.context.system_prompt)
                 self._context = context
@@ -249,9 +255,10 @@ class Engine:
                     plugin,
                     type(extra).__name__,
                 )
-        system = "\n\n".join([self.settings.context.system_prompt, *extras])
+        sections = Sections(self.settings.context.system_prompt.strip(), extensions=extras)
         try:
-            prompt = self.context.build(system.strip(), history, message.text)
+            # Counting tokens is CPU work (a long history, a big window): off the event loop.
+            prompt = await asyncio.to_thread(self.context.build, sections, history, message.text)
         except MessageTooLongError as error:
             request.emit(ReplyError(message.id, "message_too_long", str(error)))
             return
@@ -259,8 +266,13 @@ class Engine:
             summary = "The bot cannot answer right now"
             request.emit(_logged_failure(message, "internal_error", summary, error))
             return
-        if prompt.dropped:
-            log.info("conversation %s: %d old messages left out", key, prompt.dropped)
+        if prompt.dropped or prompt.trimmed:
+            log.info(
+                "conversation %s: %d old messages and %d extension or recall texts left out",
+                key,
+                prompt.dropped,
+                prompt.trimmed,
+            )
 
         parts: list[str] = []
         finish: FinishReason = "stop"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from chatcore.config import ConfigError
 from chatcore.context import (
     ContextBuilder,
     MessageTooLongError,
+    Sections,
     SystemPromptTooLongError,
     split_turns,
 )
@@ -115,3 +118,83 @@ def test_an_oversized_system_prompt_is_blamed_not_the_message() -> None:
     with pytest.raises(SystemPromptTooLongError) as caught:
         builder.build("rule " * 90, [], "hi")
     assert "system prompt" in str(caught.value) and caught.value.budget == 80
+
+
+# -- sections ------------------------------------------------------------------------------------
+
+
+class CountingTokenizer(WordTokenizer):
+    """A word tokenizer that counts how often it is asked (and from which threads)."""
+
+    def __init__(self, context_window: int = 2048) -> None:
+        super().__init__(context_window)
+        self.calls = 0
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        self.calls += 1
+        return super().count_tokens(messages)
+
+
+def test_sections_go_stable_first_and_recalled_memories_next_to_the_message() -> None:
+    builder = ContextBuilder(WordTokenizer(1000), reserve=100)
+    sections = Sections(
+        "be nice",
+        preferences=["The user's name is Sam.", "Answer in French."],
+        summary="Earlier: we talked about dogs.",
+        extensions=["Today is Monday."],
+        recalled=["The user's dog is called Rex.", "The user lives in Lyon."],
+    )
+    prompt = builder.build(sections, _history(2), "what is my dog's name?")
+    system = prompt.messages[0].content
+    assert (
+        system.index("be nice")
+        < system.index("Sam")
+        < system.index("dogs")
+        < system.index("Monday")
+    )
+    assert prompt.messages[1:-1] == _history(2)
+    assert prompt.messages[-1].content == (
+        "(What you remember about me:\n- The user's dog is called Rex.\n- The user lives in "
+        "Lyon.)\n\nwhat is my dog's name?"
+    )
+    assert prompt.tokens == WordTokenizer().count_tokens(prompt.messages) <= builder.budget
+
+
+def test_a_large_extension_is_trimmed_to_its_share_never_an_error() -> None:
+    builder = ContextBuilder(WordTokenizer(400), reserve=100, extra_share=0.25)  # 75 tokens
+    huge = "fact " * 500
+    prompt = builder.build(Sections("be nice", extensions=["small note", huge]), _history(3), "hi")
+    system = prompt.messages[0].content
+    assert "small note" in system and system.endswith(" …")
+    assert prompt.trimmed == 1
+    extra = WordTokenizer().count_tokens(prompt.messages) - WordTokenizer().count_tokens(
+        [ChatMessage("system", "be nice"), *prompt.messages[1:]]
+    )
+    assert extra <= 75
+    assert prompt.tokens <= builder.budget
+
+
+def test_the_least_relevant_recalled_memories_go_first() -> None:
+    builder = ContextBuilder(WordTokenizer(200), reserve=100, extra_share=0.1)  # 10 tokens
+    recalled = ["most relevant", "second most relevant memory here", "third"]
+    prompt = builder.build(Sections("sys", recalled=recalled), [], "hi")
+    assert "most relevant" in prompt.messages[-1].content
+    assert "third" not in prompt.messages[-1].content
+    assert prompt.trimmed == 2
+
+
+def test_history_costs_are_counted_once_and_reused() -> None:
+    tokenizer = CountingTokenizer(4000)
+    builder = ContextBuilder(tokenizer, reserve=100)
+    history = _history(100)
+    builder.build("sys", history, "first")
+    first = tokenizer.calls
+    tokenizer.calls = 0
+    builder.build(
+        "sys", [*history, ChatMessage("user", "first"), ChatMessage("assistant", "ok")], "again"
+    )
+    assert tokenizer.calls < 20 < first  # only the two new messages and the checks are counted
+    stored = [ChatMessage(m.role, m.content, tokens=10) for m in history]
+    tokenizer.calls = 0
+    ContextBuilder(tokenizer, reserve=100).build("sys", stored, "hi")
+    assert tokenizer.calls < 10  # counts kept with stored messages are used as they are
