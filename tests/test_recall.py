@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 import sys
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ from chatcore.memory.recall import (
 from tests.conftest import run_in_thread
 
 DATA = Path(__file__).parent / "data" / "recall.jsonl"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "recall.md"
 
 
 def unit(*values: float) -> np.ndarray:
@@ -337,6 +339,13 @@ async def test_least_recently_used_users_are_evicted_past_the_budget(
     assert rows.loads == 2
     await recall.recall("ana", "my dog")  # rebuilt; bo goes
     assert rows.loads == 3
+
+
+async def test_the_embedder_example_in_the_docs_works() -> None:
+    (source,) = re.findall(r"```python\n(import asyncio.*?)```", DOCS.read_text(), re.DOTALL)
+    namespace: dict[str, object] = {}
+    exec(compile(source, str(DOCS), "exec"), namespace)
+    assert await namespace["main"]() == [1]  # type: ignore[operator]
 
 
 # --- the real embedder: errors without loading it -------------------------------------------

@@ -105,8 +105,13 @@ class MemoryIndex:
         id_list = [int(i) for i in ids]
         block = self._checked(vectors, len(id_list))
         with self._lock:
-            rows = np.empty(len(id_list), dtype=np.int64)
             self._grow_to(len(self._rows) + len(id_list))
+            if not self._rows and len(set(id_list)) == len(id_list):  # a build: one block
+                self._rows = dict(zip(id_list, range(len(id_list)), strict=True))
+                self._ids[: len(id_list)] = id_list
+                self._matrix[: len(id_list)] = block
+                return
+            rows = np.empty(len(id_list), dtype=np.int64)
             for position, memory_id in enumerate(id_list):
                 row = self._rows.get(memory_id)
                 if row is None:
