@@ -329,6 +329,17 @@ async def test_forget_user_drops_the_cached_index(rows: FakeMemoryRows) -> None:
     assert rows.loads == 2
 
 
+async def test_close_cancels_a_build_in_flight(rows: FakeMemoryRows) -> None:
+    recall = make_recall(rows)
+    rows.gate = asyncio.Event()  # never set: the build waits until cancelled
+    waiting = asyncio.create_task(recall.recall("ana", "my dog"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await asyncio.wait_for(recall.close(), 10)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 10)
+
+
 async def test_least_recently_used_users_are_evicted_past_the_budget(
     rows: FakeMemoryRows,
 ) -> None:

@@ -239,6 +239,14 @@ class MemoryRecall(Generic[UserT]):
         self._indexes.clear()
         self._builds.clear()
 
+    async def close(self) -> None:
+        """Cancel index builds in flight and drop every index (on shutdown)."""
+        tasks = [build.task for build in self._builds.values()]
+        self.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def index_for(self, user: UserT) -> MemoryIndex:
         """``user``'s index, built from the stored rows if it is not cached."""
         index = self._indexes.get(user)
