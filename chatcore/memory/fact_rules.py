@@ -43,6 +43,7 @@ _THIRD_PERSON = {
     "have": "has",
     "'ve got": "has",
     "have got": "has",
+    "got": "has",
     "do": "does",
     "go": "goes",
     "am": "is",
@@ -122,7 +123,7 @@ _VERB_OBJECT = {
 
 def _i_verb(match: re.Match[str], clause: Clause) -> str | None:
     verb = match["verb"]
-    canonical = {"'ve got": "have", "have got": "have"}.get(verb, verb)
+    canonical = {"'ve got": "have", "have got": "have", "got": "have"}.get(verb, verb)
     rest_folded = clause.folded[match.start("rest") :]
     if canonical in _VERB_OBJECT:
         check = re.match(_VERB_OBJECT[canonical], rest_folded)
@@ -199,7 +200,7 @@ _RULES: list[tuple[re.Pattern[str], _Handler]] = [
     (
         re.compile(
             r"^(?:i|i've) (?P<verb>live|grew up|was born|work|study|own|drive|speak|play|use"
-            r"|enjoy|love|like|hate|dislike|adore|prefer|teach|have|'ve got|have got|take|eat"
+            r"|enjoy|love|like|hate|dislike|adore|prefer|teach|have got|have|'ve got|got|take|eat"
             r"|drink|collect|support|follow|run|cycle|swim) (?P<rest>.+)$"
         ),
         _i_verb,

@@ -148,7 +148,7 @@ def _when_requested(
 
 NAME_RULES: list[Rule] = [
     rule("name", r"^(?:you can |you may |you could )?(?:just |simply )?call me ", _name(False)),
-    rule("name", r"^my name(?:'s| is) ", _name(False)),
+    rule("name", r"^(?:my name(?:'s| is)|name's) ", _name(False)),
     rule("name", r"^(?:i'm|i am) ", _name(True)),
     rule("name", r"^je m'appelle ", _name(False)),
     rule("name", r"^(?:appelle|appelez)[- ]moi ", _name(False)),
