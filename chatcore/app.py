@@ -74,7 +74,9 @@ class App:
                 with _blame(self.plugins.backends, self.settings.model.backend, "failed to load"):
                     await self.engine.start()
                 self._startup_began = True  # from here on, shutdown hooks have work to undo
-                await self.plugins.call("startup", settings=self.settings)
+                await self.plugins.call(
+                    "startup", settings=self.settings, services=self.engine.services
+                )
                 self._started = True
 
     def request_stop(self, *_: object) -> None:
@@ -96,7 +98,9 @@ class App:
         if self._startup_began:
             # All at once, each within half the shutdown's time: what is left closes the rest.
             grace = self.settings.lifecycle.shutdown_timeout / 2
-            await self.plugins.call("shutdown", seconds=grace, concurrently=True)
+            await self.plugins.call(
+                "shutdown", seconds=grace, concurrently=True, services=self.engine.services
+            )
         await self.engine.close()
 
     def adapter_settings(self, name: str) -> Any:

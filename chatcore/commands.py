@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from chatcore.events import Message
     from chatcore.memory.base import ConversationStore
+    from chatcore.services import Services
 
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:\s+(.*))?$", re.DOTALL)
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -20,13 +21,18 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
-    """What a command handler gets: the message, the text after the name, and the state it
-    may act on."""
+    """What a command handler gets: the message, the text after the name, the app's services
+    and the commands (for ``/help``)."""
 
     message: Message
     args: str
-    store: ConversationStore
+    services: Services
     commands: Mapping[str, Command]
+
+    @property
+    def store(self) -> ConversationStore:
+        """The conversation store (``services.store``)."""
+        return self.services.store
 
 
 CommandHandler = Callable[[CommandContext], "str | Awaitable[str]"]

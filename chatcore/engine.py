@@ -37,6 +37,7 @@ from chatcore.events import (
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.base import ConversationStore
 from chatcore.plugins import PluginFault, PluginHost
+from chatcore.services import Services
 from chatcore.text import clean_input
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class Engine:
         self.backend = backend
         self.store = store
         self.plugins = plugins or PluginHost()
+        self.services = Services(settings, store)
+        """What hooks and commands get: never the engine itself."""
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -207,7 +210,7 @@ class Engine:
         try:
             if previous is not None:
                 await asyncio.wait([previous])
-            await self.plugins.call("message_received", message=message)
+            await self.plugins.call("message_received", message=message, services=self.services)
             command = parse_command(message.text)
             if command is not None:
                 request.emit(await self._run_command(message, *command))
@@ -223,7 +226,7 @@ class Engine:
                 message.id, "unknown_command", f"Unknown command /{name}. Type /help for the list."
             )
         commands = dict(registry.items())
-        context = CommandContext(message, args, self.store, commands)
+        context = CommandContext(message, args, self.services, commands)
         owner = registry.owner(name)
         try:
             text = await self.plugins.invoke(
@@ -246,7 +249,10 @@ class Engine:
         key = message.conversation
         history = await self.store.history(key)
         extras = []
-        for plugin, extra in await self.plugins.call("extend_system_prompt", message=message):
+        extensions = await self.plugins.call(
+            "extend_system_prompt", message=message, services=self.services
+        )
+        for plugin, extra in extensions:
             if isinstance(extra, str):
                 extras.append(extra)
             else:
@@ -303,7 +309,9 @@ class Engine:
             await asyncio.shield(self.store.append(key, turn))
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
-        await self.plugins.call("reply_finished", message=message, reply=reply)
+        await self.plugins.call(
+            "reply_finished", message=message, reply=reply, services=self.services
+        )
 
 
 def _logged_failure(

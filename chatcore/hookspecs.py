@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from chatcore.config import Settings
     from chatcore.events import Message, Reply
+    from chatcore.services import Services
 
 PROJECT = "chatcore"
 
@@ -50,15 +51,15 @@ def register_commands(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def startup(settings: Settings) -> None:
-    """Called once when the app has started, with the effective configuration."""
+def startup(settings: Settings, services: Services) -> None:
+    """Called once when the app has started, with the effective configuration and services."""
 
 
 # -- inbound ---------------------------------------------------------------------------------
 
 
 @hookspec
-def message_received(message: Message) -> None:
+def message_received(message: Message, services: Services) -> None:
     """Called for every message before it is handled; observe only (return value ignored)."""
 
 
@@ -66,7 +67,7 @@ def message_received(message: Message) -> None:
 
 
 @hookspec
-def extend_system_prompt(message: Message) -> str | None:
+def extend_system_prompt(message: Message, services: Services) -> str | None:
     """Return text to append to the system prompt for this message, or None."""
 
 
@@ -74,7 +75,7 @@ def extend_system_prompt(message: Message) -> str | None:
 
 
 @hookspec
-def reply_finished(message: Message, reply: Reply) -> None:
+def reply_finished(message: Message, reply: Reply, services: Services) -> None:
     """Called after a reply was completed and stored (not for errors or commands)."""
 
 
@@ -82,5 +83,5 @@ def reply_finished(message: Message, reply: Reply) -> None:
 
 
 @hookspec
-def shutdown() -> None:
+def shutdown(services: Services) -> None:
     """Called once when the app stops; release what ``startup`` acquired."""

@@ -403,3 +403,36 @@ async def test_a_stream_closed_before_its_first_event_stops_the_reply(
     history = await app.engine.store.history(msg("").conversation)
     # Stopped before it began (nothing to keep), or early: never generated in full for nobody.
     assert sum(len(m.content.split()) for m in history) < 100
+
+
+async def test_hooks_and_commands_get_the_services_never_the_engine(
+    fake_app: App,
+) -> None:
+    from chatcore.commands import Command, CommandContext
+    from chatcore.services import Services
+
+    seen: list[Services] = []
+
+    class UsesServices:
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            register(Command("count", "count stored messages", self.count))
+
+        @hookimpl
+        def message_received(self, services: Services) -> None:
+            seen.append(services)
+
+        async def count(self, context: CommandContext) -> str:
+            history = await context.services.store.history(context.message.conversation)
+            return f"{len(history)} messages; window {context.services.settings.context.window}"
+
+    fake_app.plugins.add_plugin(UsesServices(), "uses")
+    try:
+        await fake_app.plugins.collect("uses")
+        await collect(fake_app.engine.handle(msg("hello")))
+        (reply,) = await collect(fake_app.engine.handle(msg("/count")))
+    finally:
+        fake_app.plugins.remove_plugin("uses")
+    assert isinstance(reply, Reply) and reply.text == "2 messages; window 0"
+    assert seen and seen[0] is fake_app.engine.services
+    assert not hasattr(seen[0], "engine") and not hasattr(seen[0], "backend")
