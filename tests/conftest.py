@@ -8,6 +8,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import pytest
 from chatcore.app import App, create_app
 from chatcore.config import Settings
 from chatcore.generation.fake import FakeBackend
+from tests.pg_server import SKIP_ENV, PostgresServer, PostgresUnavailableError, start_postgres
 
 T = TypeVar("T")
 
@@ -82,6 +84,33 @@ async def new_app() -> AsyncIterator[AppFactory]:
     finally:
         for app in apps:
             await asyncio.wait_for(app.close(), 30)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on 127.0.0.1 for the whole session (tests/pg_server.py). Missing
+    binaries fail the test with what to install, unless CHATCORE_SKIP_POSTGRES=1."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailableError as error:
+        if os.environ.get(SKIP_ENV) == "1":
+            pytest.skip(str(error))
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url().replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)
 
 
 @pytest.fixture(scope="session")
