@@ -1,5 +1,5 @@
 """Shared fixtures: every test gets its own data directory and a clean CHATCORE_* environment;
-``fake_app`` builds a started app on the fake backend."""
+``fake_app`` builds a started app on the fake backend; ``postgres_url`` a PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from chatcore.app import App, create_app
 from chatcore.config import Settings
 from chatcore.generation.fake import FakeBackend
+from chatcore.memory.inmemory import InMemoryConversationStore
 from tests.pg_server import SKIP_ENV, PostgresServer, PostgresUnavailableError, start_postgres
 
 T = TypeVar("T")
@@ -55,9 +56,15 @@ def fake_backend() -> FakeBackend:
     return FakeBackend()
 
 
+def memory_store(settings: Settings) -> InMemoryConversationStore:
+    """The in-memory store the app fixtures use (fast, and nothing to wait for); tests of the
+    durable store are in test_sql_store.py, and real-process tests use the configured one."""
+    return InMemoryConversationStore(limit=settings.context.history_limit)
+
+
 @pytest.fixture
 async def fake_app(settings: Settings, fake_backend: FakeBackend) -> AsyncIterator[App]:
-    app = await create_app(settings, backend=fake_backend)
+    app = await create_app(settings, backend=fake_backend, store=memory_store(settings))
     await app.start()
     try:
         yield app
@@ -71,10 +78,11 @@ AppFactory = Callable[..., Awaitable[App]]
 @pytest.fixture
 async def new_app() -> AsyncIterator[AppFactory]:
     """``await new_app(settings, backend=...)``: an app that is closed after the test, whatever
-    happened in it."""
+    happened in it; on the in-memory store unless ``store=`` says otherwise."""
     apps: list[App] = []
 
     async def make(settings: Settings, **kwargs: Any) -> App:
+        kwargs.setdefault("store", memory_store(settings))
         app = await create_app(settings, **kwargs)
         apps.append(app)
         return app

@@ -269,6 +269,26 @@ async def test_an_acknowledged_append_is_visible_to_another_process(
         assert (await reader.history(KEY))[-2:] == turn(n)
 
 
+async def test_a_cancelled_caller_does_not_cut_an_operation_short(
+    sql_stores: Callable[[], SqlStore],
+) -> None:
+    """A reply stopped while its turn is being stored: the caller leaves, the write finishes,
+    and the store closes cleanly (a cancelled driver call would drop its connection)."""
+    store = sql_stores()
+    await store.open()
+    writing = asyncio.ensure_future(store.append(KEY, turn(1)))
+    await asyncio.sleep(0)  # the write has started
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    reading = asyncio.ensure_future(store.history(KEY))
+    await asyncio.sleep(0)
+    reading.cancel()
+    await store.close()
+    again = sql_stores()
+    assert await again.history(KEY) == turn(1)
+
+
 async def test_concurrent_writers_share_one_open_conversation(
     sql_stores: Callable[[], SqlStore],
 ) -> None:

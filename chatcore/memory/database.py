@@ -136,6 +136,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration for the shipped migrations, run on ``connection``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    # New revision files: v0002_what_changed.py (a module name mypy accepts).
+    config.set_main_option("file_template", "v%%(rev)s_%%(slug)s")
     config.attributes["connection"] = connection
     return config
 

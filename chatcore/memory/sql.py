@@ -43,6 +43,7 @@ from chatcore.memory.schema import ConversationRow, MemoryRow, MessageRow, Prefe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CLOSE_TIMEOUT = 10.0
 
 
 def _now() -> datetime:
@@ -61,8 +62,9 @@ class SqlStore:
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(**{WRITE: True})
         self._write = async_sessionmaker(writer, expire_on_commit=False)
-        self._opened = False
-        self._open_lock = asyncio.Lock()
+        self._opening: asyncio.Future[None] | None = None
+        self._closed = False
+        self._operations: set[asyncio.Future[Any]] = set()
 
     @property
     def dialect(self) -> str:
@@ -75,18 +77,27 @@ class SqlStore:
 
     async def open(self) -> None:
         """Create the SQLite file (private) if needed and apply the migrations not yet applied;
-        idempotent. Raises ``StoreError`` saying what to check when the database is unusable."""
-        async with self._open_lock:
-            if self._opened:
-                return
-            path = sqlite_path(self.url)
-            try:
-                if path is not None:
-                    private_file(path)
-                await retrying(self._migrate, "migrating the database")
-            except (OSError, SQLAlchemyError) as error:
-                raise self._unusable(error) from error
-            self._opened = True
+        idempotent (also when called concurrently), and a cancelled caller does not interrupt
+        a migration. Raises ``StoreError`` saying what to check when the database is unusable;
+        a later call tries again."""
+        failed = (
+            self._opening is not None
+            and self._opening.done()
+            and (self._opening.cancelled() or self._opening.exception() is not None)
+        )
+        if self._opening is None or failed:
+            self._opening = asyncio.ensure_future(self._open_now())
+            self._opening.add_done_callback(self._finished)
+        await asyncio.shield(self._opening)
+
+    async def _open_now(self) -> None:
+        path = sqlite_path(self.url)
+        try:
+            if path is not None:
+                private_file(path)
+            await retrying(self._migrate, "migrating the database")
+        except (OSError, SQLAlchemyError) as error:
+            raise self._unusable(error) from error
 
     def _unusable(self, error: BaseException) -> StoreError:
         return StoreError(
@@ -125,13 +136,29 @@ class SqlStore:
         sessions: async_sessionmaker[AsyncSession],
         work: Callable[[AsyncSession], Awaitable[T]],
     ) -> T:
-        await self.open()
+        """Run ``work`` as a task of its own, shielded: a caller that is cancelled leaves at
+        once, and the operation still finishes (cancelled half way, the database driver would
+        drop the connection and can leave a close behind that never ends)."""
+        if self._closed:
+            raise StoreError(f"the store on {self.describe()} is closed")
 
         async def attempt() -> T:
             async with sessions() as session, session.begin():
                 return await work(session)
 
-        return await retrying(attempt)
+        async def operation() -> T:
+            await self.open()
+            return await retrying(attempt)
+
+        task = asyncio.ensure_future(operation())
+        self._operations.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._operations.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left is not there to see it
 
     # Conversations
 
@@ -339,6 +366,13 @@ class SqlStore:
         return await self.write(work)
 
     async def close(self) -> None:
+        """Let the operations in flight finish (a turn being stored at shutdown, say), for at
+        most ``CLOSE_TIMEOUT`` seconds, then close every connection; idempotent."""
+        self._closed = True
+        if self._operations:
+            _, running = await asyncio.wait(self._operations, timeout=CLOSE_TIMEOUT)
+            if running:
+                log.warning("closing the store with %d operations still running", len(running))
         await self.engine.dispose()
 
     # Helpers
