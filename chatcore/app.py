@@ -21,7 +21,7 @@ from chatcore.files import secure_home
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.base import ConversationStore
-from chatcore.memory.inmemory import InMemoryConversationStore
+from chatcore.memory.sql import SqlStore
 from chatcore.metrics import Metrics
 from chatcore.plugins import PluginError, PluginHost, Registry
 
@@ -156,7 +156,13 @@ async def create_app(
     except OSError as error:  # what needs the directory says so when it needs it
         log.warning("the data directory %s is not usable: %s", settings.home_path, error)
     if store is None:
-        store = open_store(settings)
+        sql = open_store(settings)
+        try:
+            await sql.open()  # migrations; a database that cannot be used stops the start here
+        except BaseException:
+            await sql.close()
+            raise
+        store = sql
     app = App(settings, plugins, Engine(settings, backend, store, plugins))
     _check_adapter_sections(app)
     return app
@@ -180,12 +186,11 @@ def _check_adapter_sections(app: App) -> None:
             log.info("[adapters.%s]: no plugin registers an adapter by that name", name)
 
 
-def open_store(settings: Settings) -> ConversationStore:
-    """The conversation store the settings ask for (today: in process memory)."""
-    return InMemoryConversationStore(
-        limit=settings.context.history_limit,
-        max_conversations=settings.storage.max_conversations_in_memory,
-    )
+def open_store(settings: Settings) -> SqlStore:
+    """The durable store ``storage.url`` names (SQLite in the data directory by default). It
+    opens (creates the file, applies migrations) on ``await store.open()`` or its first use;
+    ``StoreError`` says what is wrong with an unusable URL or database."""
+    return SqlStore(settings.storage_url, history_limit=settings.context.history_limit)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""The ``chatcore`` command line: ``chat``, ``config show`` and ``plugins``.
+"""The ``chatcore`` command line: ``chat``, ``run``, ``serve``, ``config show``, ``db upgrade``
+and ``plugins``.
 
 Errors the user can fix (bad configuration, missing model, unknown plugin) print one clear
 line per problem to standard error and exit with code 2.
@@ -29,6 +30,7 @@ from chatcore.config import (
     section_settings,
 )
 from chatcore.generation.types import GenerationError
+from chatcore.memory.base import StoreError
 from chatcore.plugins import PluginError, PluginHost
 from chatcore.text import terminal_safe
 
@@ -41,6 +43,11 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+db_app = typer.Typer(
+    help="The database (storage.url): migrations. chatcore applies them when it starts.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
 
 ConfigOption = Annotated[
     Path | None,
@@ -151,7 +158,7 @@ def _run(
         )
     except ConfigError as error:
         raise _fail(error.lines) from None
-    except (PluginError, GenerationError) as error:
+    except (PluginError, GenerationError, StoreError) as error:
         raise _fail([f"error: {error}"]) from None
     except AdapterStartError as error:
         raise _fail([f"error: {error}"]) from None
@@ -174,6 +181,51 @@ def config_show(
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(_to_toml(data))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply the database migrations not yet applied (creating the database's tables)."""
+    settings = _settings(config)
+    where, before, after = _on_store(settings, upgrade=True)
+    if before == after:
+        typer.echo(f"{where}: already at revision {after} (the newest)")
+    else:
+        typer.echo(f"{where}: upgraded from revision {before or '(empty)'} to {after}")
+
+
+@db_app.command("current")
+def db_current(config: ConfigOption = None) -> None:
+    """Show the database's migration revision and the newest this chatcore ships."""
+    settings = _settings(config)
+    where, current, head = _on_store(settings, upgrade=False)
+    if current is None:
+        state = "no tables yet (run `chatcore db upgrade`, or start chatcore)"
+    else:
+        state = f"revision {current}" + (" (the newest)" if current == head else "")
+    typer.echo(f"{where}: {state}; newest revision: {head}")
+
+
+def _on_store(settings: Settings, *, upgrade: bool) -> tuple[str, str | None, str | None]:
+    """(the database, described; its revision before; after): migrating when ``upgrade``."""
+    from chatcore.app import open_store
+
+    async def work() -> tuple[str, str | None, str | None]:
+        store = open_store(settings)
+        try:
+            before, head = await store.revision()
+            if not upgrade:
+                return store.describe(), before, head
+            await store.open()
+            after, _ = await store.revision()
+            return store.describe(), before, after
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(work())
+    except StoreError as error:
+        raise _fail([f"error: {error}"]) from None
 
 
 @app.command("plugins")

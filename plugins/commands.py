@@ -19,13 +19,15 @@ def show_help(context: CommandContext) -> str:
 
 
 async def reset_conversation(context: CommandContext) -> str:
-    dropped = await context.store.reset(context.message.conversation)
-    if not dropped:
-        return "Nothing to forget: this conversation was already empty."
-    return f"Conversation reset: {dropped} messages forgotten."
+    closed = await context.store.reset(context.message.conversation)
+    if not closed:
+        return "Nothing to reset: this conversation is already new."
+    return (
+        f"New conversation started; the previous one ({closed} messages) no longer shapes replies."
+    )
 
 
 @hookimpl
 def register_commands(register: Callable[[Command], None]) -> None:
     register(Command("help", "list the commands", show_help))
-    register(Command("reset", "forget this conversation and start over", reset_conversation))
+    register(Command("reset", "start a new conversation", reset_conversation))

@@ -1,5 +1,5 @@
 """Shared fixtures: every test gets its own data directory and a clean CHATCORE_* environment;
-``fake_app`` builds a started app on the fake backend."""
+``fake_app`` builds a started app on the fake backend; ``postgres_url`` a PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,8 +18,13 @@ import pytest
 from chatcore.app import App, create_app
 from chatcore.config import Settings
 from chatcore.generation.fake import FakeBackend
+from chatcore.memory.inmemory import InMemoryConversationStore
+from tests.pg_server import SKIP_ENV, PostgresServer, PostgresUnavailableError, start_postgres
 
 T = TypeVar("T")
+RUN_ENVIRONMENT = dict(os.environ)
+"""The environment the test run began with: ``isolated_env`` drops CHATCORE_* for each test,
+so switches for the run itself (CHATCORE_SKIP_POSTGRES) are read from here."""
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +59,15 @@ def fake_backend() -> FakeBackend:
     return FakeBackend()
 
 
+def memory_store(settings: Settings) -> InMemoryConversationStore:
+    """The in-memory store the app fixtures use (fast, and nothing to wait for); tests of the
+    durable store are in test_sql_store.py, and real-process tests use the configured one."""
+    return InMemoryConversationStore(limit=settings.context.history_limit)
+
+
 @pytest.fixture
 async def fake_app(settings: Settings, fake_backend: FakeBackend) -> AsyncIterator[App]:
-    app = await create_app(settings, backend=fake_backend)
+    app = await create_app(settings, backend=fake_backend, store=memory_store(settings))
     await app.start()
     try:
         yield app
@@ -69,10 +81,11 @@ AppFactory = Callable[..., Awaitable[App]]
 @pytest.fixture
 async def new_app() -> AsyncIterator[AppFactory]:
     """``await new_app(settings, backend=...)``: an app that is closed after the test, whatever
-    happened in it."""
+    happened in it; on the in-memory store unless ``store=`` says otherwise."""
     apps: list[App] = []
 
     async def make(settings: Settings, **kwargs: Any) -> App:
+        kwargs.setdefault("store", memory_store(settings))
         app = await create_app(settings, **kwargs)
         apps.append(app)
         return app
@@ -82,6 +95,33 @@ async def new_app() -> AsyncIterator[AppFactory]:
     finally:
         for app in apps:
             await asyncio.wait_for(app.close(), 30)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on 127.0.0.1 for the whole session (tests/pg_server.py). Missing
+    binaries fail the test with what to install, unless CHATCORE_SKIP_POSTGRES=1."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailableError as error:
+        if RUN_ENVIRONMENT.get(SKIP_ENV) == "1":
+            pytest.skip(str(error))
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url().replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)
 
 
 @pytest.fixture(scope="session")

@@ -478,7 +478,7 @@ async def test_admin_commands_are_refused_to_others_and_public_commands_are_publ
         await answered(server, sneaky, "_Only the bot's admins can use /reset._")
     (refusal,) = server.interaction_messages(refused)
     assert refusal["content"] == "Only the bot's admins can use /reset." and refusal["flags"] == 64
-    assert server.interaction_messages(allowed)[0]["content"].startswith("Nothing to forget")
+    assert server.interaction_messages(allowed)[0]["content"].startswith("Nothing to reset")
     (public_call,) = server.calls("POST", rf"/interactions/\d+/{public}/callback")
     assert public_call.body == {"type": 5}  # not ephemeral
 

@@ -117,7 +117,7 @@ async def test_commands(fake_app: App, fake_backend: FakeBackend) -> None:
     assert isinstance(help_reply, Reply) and "/reset" in help_reply.text
     assert not help_reply.streamed
     (reset,) = await collect(engine.handle(msg("/reset")))
-    assert isinstance(reset, Reply) and "2 messages forgotten" in reset.text
+    assert isinstance(reset, Reply) and "previous one (2 messages)" in reset.text
     assert await engine.store.history(msg("").conversation) == []
     (unknown,) = await collect(engine.handle(msg("/frobnicate now")))
     assert isinstance(unknown, ReplyError) and unknown.code == "unknown_command"

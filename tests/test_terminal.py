@@ -32,7 +32,7 @@ def test_piped_chat_prints_each_reply_and_exits_0(monkeypatch: pytest.MonkeyPatc
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "You said: Hello there"
-    assert "  /reset - forget this conversation and start over" in lines
+    assert "  /reset - start a new conversation" in lines
     assert lines[-1] == "You said: second line"
 
 

@@ -1,32 +1,164 @@
-"""The conversation store interface: what the engine needs from memory, nothing more.
+"""The conversation store interface: what the engine, commands and hooks need from memory.
 
-The in-memory store implements it today; the SQLAlchemy store will implement the same protocol.
+Two implementations: ``SqlStore`` (SQLite or PostgreSQL, durable) and the in-memory store
+(tests); both keep the same behaviour, checked by one shared test suite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
 
 from chatcore.events import ChatMessage, ConversationKey
+
+PreferenceSource = Literal["explicit", "learned"]
+"""``explicit``: the user set it (``/prefs set``); ``learned``: taken from what they said."""
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message says which one and what to check."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserKey:
+    """Identifies a user: their id on a platform (``Message.user``, ``ConversationKey.user``)."""
+
+    platform: str
+    user: str
+
+    @classmethod
+    def of(cls, key: ConversationKey) -> UserKey:
+        """The user of a conversation."""
+        return cls(key.platform, key.user)
+
+    @classmethod
+    def parse(cls, text: str) -> UserKey:
+        """``PLATFORM:ID`` (the id may contain ``:``); raise ``ValueError`` otherwise."""
+        platform, sep, user = text.partition(":")
+        if not sep or not platform or not user:
+            raise ValueError(f"{text!r} is not PLATFORM:ID, e.g. discord:123456 or terminal:sam")
+        return cls(platform, user)
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.user}"
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """One stored preference of a user."""
+
+    key: str
+    value: str
+    source: PreferenceSource
+    updated: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """One long-term memory: a fact, its embedding (``dim`` float32 values, native byte
+    order as numpy writes them) and when it was stored."""
+
+    id: int
+    text: str
+    embedding: bytes
+    dim: int
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The rolling summary of a conversation's older turns, and the newest message it covers."""
+
+    text: str
+    through: str | None
 
 
 @runtime_checkable
 class ConversationStore(Protocol):
-    """Keeps each conversation's messages, oldest first."""
+    """Keeps users, their conversations (messages oldest first, a rolling summary), their
+    preferences and their long-term memories. Methods that write return only once the write is
+    stored (committed, for a database)."""
 
+    # Conversations
     async def history(self, key: ConversationKey) -> list[ChatMessage]:
-        """The conversation's stored messages, oldest first (empty for a new conversation)."""
+        """The current conversation's messages, oldest first, each with its ``id``,
+        ``created`` and ``tokens`` (empty for a new conversation)."""
         ...
 
-    async def append(self, key: ConversationKey, messages: Sequence[ChatMessage]) -> None:
-        """Add messages at the end of the conversation."""
+    async def append(
+        self, key: ConversationKey, messages: Sequence[ChatMessage]
+    ) -> list[ChatMessage]:
+        """Add messages at the end of the current conversation (opening one if needed);
+        return them as stored, with their ids."""
         ...
 
     async def reset(self, key: ConversationKey) -> int:
-        """Forget the conversation; return how many messages were dropped."""
+        """Close the current conversation, so the next message starts a new one; return how
+        many messages it held. Whether the old one is kept depends on the store (the SQL store
+        keeps it, until the user erases their data)."""
+        ...
+
+    async def set_tokens(self, key: ConversationKey, counts: Mapping[str, int]) -> None:
+        """Record the token counts of stored messages, by message id (unknown ids ignored)."""
+        ...
+
+    async def get_summary(self, key: ConversationKey) -> Summary | None:
+        """The current conversation's rolling summary, None when there is none."""
+        ...
+
+    async def set_summary(self, key: ConversationKey, text: str, through: str | None) -> None:
+        """Replace the current conversation's summary; ``through`` is the id of the newest
+        message it covers. Nothing happens when the conversation does not exist."""
+        ...
+
+    # Users
+    async def set_display_name(self, user: UserKey, name: str | None) -> None:
+        """Record the user's display name (creating the user if needed)."""
+        ...
+
+    # Preferences
+    async def get_preferences(self, user: UserKey) -> dict[str, Preference]:
+        """The user's preferences by key (empty for an unknown user)."""
+        ...
+
+    async def set_preference(
+        self, user: UserKey, key: str, value: str, source: PreferenceSource = "explicit"
+    ) -> Preference:
+        """Set (or replace) one preference; return it as stored."""
+        ...
+
+    async def delete_preference(self, user: UserKey, key: str) -> bool:
+        """Remove one preference; False when it was not set."""
+        ...
+
+    # Long-term memories
+    async def add_memory(
+        self, user: UserKey, text: str, embedding: bytes, dim: int | None = None
+    ) -> Memory:
+        """Store a memory; ``dim`` defaults to ``len(embedding) // 4`` (float32)."""
+        ...
+
+    async def list_memories(self, user: UserKey) -> list[Memory]:
+        """The user's memories, oldest first."""
+        ...
+
+    async def delete_memory(self, user: UserKey, memory_id: int) -> bool:
+        """Remove one of the user's memories; False when the user has no memory by that id."""
         ...
 
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+def embedding_dim(embedding: bytes, dim: int | None) -> int:
+    """Check an embedding's size: ``dim`` float32 values, or as many as the bytes hold."""
+    if dim is None:
+        if len(embedding) % 4:
+            raise ValueError(f"an embedding of {len(embedding)} bytes is not float32 values")
+        return len(embedding) // 4
+    if dim < 1 or len(embedding) % dim:
+        raise ValueError(f"an embedding of {len(embedding)} bytes cannot hold {dim} values")
+    return dim

@@ -1,4 +1,4 @@
-"""A conversation store in process memory: history lasts as long as the process.
+"""A conversation store in process memory, for tests: what it holds lasts as long as the process.
 
 Bounded: each conversation keeps its newest ``limit`` messages, and at most
 ``max_conversations`` conversations are kept (the least recently used is forgotten first).
@@ -6,14 +6,30 @@ Bounded: each conversation keeps its newest ``limit`` messages, and at most
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from chatcore.events import ChatMessage, ConversationKey
+from chatcore.memory.base import (
+    Memory,
+    Preference,
+    PreferenceSource,
+    Summary,
+    UserKey,
+    embedding_dim,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class InMemoryConversationStore:
-    """``ConversationStore`` backed by a dict of bounded deques."""
+    """``ConversationStore`` backed by dicts and bounded deques. ``reset`` drops the
+    conversation (there is nowhere durable to keep it)."""
 
     def __init__(self, limit: int = 200, max_conversations: int = 10_000) -> None:
         if limit < 1 or max_conversations < 1:
@@ -21,25 +37,81 @@ class InMemoryConversationStore:
         self.limit = limit
         self.max_conversations = max_conversations
         self._conversations: OrderedDict[ConversationKey, deque[ChatMessage]] = OrderedDict()
+        self._summaries: dict[ConversationKey, Summary] = {}
+        self._names: dict[UserKey, str | None] = {}
+        self._preferences: dict[UserKey, dict[str, Preference]] = {}
+        self._memories: dict[UserKey, dict[int, Memory]] = {}
+        self._ids = itertools.count(1)
 
     async def history(self, key: ConversationKey) -> list[ChatMessage]:
         if key in self._conversations:
             self._conversations.move_to_end(key)
         return list(self._conversations.get(key, ()))
 
-    async def append(self, key: ConversationKey, messages: Sequence[ChatMessage]) -> None:
+    async def append(
+        self, key: ConversationKey, messages: Sequence[ChatMessage]
+    ) -> list[ChatMessage]:
+        now = _now()
+        stored = [dataclasses.replace(m, id=str(next(self._ids)), created=now) for m in messages]
         conversation = self._conversations.setdefault(key, deque(maxlen=self.limit))
-        conversation.extend(messages)
+        conversation.extend(stored)
         self._conversations.move_to_end(key)
         while len(self._conversations) > self.max_conversations:
-            self._conversations.popitem(last=False)
+            dropped, _ = self._conversations.popitem(last=False)
+            self._summaries.pop(dropped, None)
+        return stored
 
     def __len__(self) -> int:
         """How many conversations are kept."""
         return len(self._conversations)
 
     async def reset(self, key: ConversationKey) -> int:
+        self._summaries.pop(key, None)
         return len(self._conversations.pop(key, ()))
+
+    async def set_tokens(self, key: ConversationKey, counts: Mapping[str, int]) -> None:
+        conversation = self._conversations.get(key)
+        if conversation is None:
+            return
+        for index, message in enumerate(conversation):
+            if message.id is not None and message.id in counts:
+                conversation[index] = dataclasses.replace(message, tokens=counts[message.id])
+
+    async def get_summary(self, key: ConversationKey) -> Summary | None:
+        return self._summaries.get(key)
+
+    async def set_summary(self, key: ConversationKey, text: str, through: str | None) -> None:
+        if key in self._conversations:
+            self._summaries[key] = Summary(text, through)
+
+    async def set_display_name(self, user: UserKey, name: str | None) -> None:
+        self._names[user] = name
+
+    async def get_preferences(self, user: UserKey) -> dict[str, Preference]:
+        return dict(sorted(self._preferences.get(user, {}).items()))
+
+    async def set_preference(
+        self, user: UserKey, key: str, value: str, source: PreferenceSource = "explicit"
+    ) -> Preference:
+        preference = Preference(key, value, source, _now())
+        self._preferences.setdefault(user, {})[key] = preference
+        return preference
+
+    async def delete_preference(self, user: UserKey, key: str) -> bool:
+        return self._preferences.get(user, {}).pop(key, None) is not None
+
+    async def add_memory(
+        self, user: UserKey, text: str, embedding: bytes, dim: int | None = None
+    ) -> Memory:
+        memory = Memory(next(self._ids), text, embedding, embedding_dim(embedding, dim), _now())
+        self._memories.setdefault(user, {})[memory.id] = memory
+        return memory
+
+    async def list_memories(self, user: UserKey) -> list[Memory]:
+        return list(self._memories.get(user, {}).values())
+
+    async def delete_memory(self, user: UserKey, memory_id: int) -> bool:
+        return self._memories.get(user, {}).pop(memory_id, None) is not None
 
     async def close(self) -> None:
         self._conversations.clear()
