@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
 
+from chatcore.adapters.terminal import TerminalAdapter
 from chatcore.app import App, create_app
 from chatcore.config import Settings
 from chatcore.generation.fake import FakeBackend
@@ -158,3 +162,32 @@ def run_chatcore(args: list[str], stdin: str, **env: str) -> subprocess.Complete
         timeout=300,
         check=False,
     )
+
+
+@pytest.fixture
+def pipe() -> Iterator[PipeInput]:
+    """Keys for an interactive terminal chat, typed by the test."""
+    with create_pipe_input() as pipe_input:
+        yield pipe_input
+
+
+def interactive_terminal(
+    app: App,
+    pipe: PipeInput,
+    *,
+    stdout: io.StringIO | None = None,
+    stderr: io.StringIO | None = None,
+    **options: object,
+) -> TerminalAdapter:
+    """The terminal adapter of ``app`` in interactive mode, reading keys from ``pipe``."""
+    adapter = app.adapter(
+        "terminal",
+        stdout=stdout or io.StringIO(),
+        stderr=stderr or io.StringIO(),
+        interactive=True,
+        prompt_input=pipe,
+        prompt_output=DummyOutput(),
+        **options,
+    )
+    assert isinstance(adapter, TerminalAdapter)
+    return adapter

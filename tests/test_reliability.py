@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prompt_toolkit.input import PipeInput
 from typer.testing import CliRunner
 
 from chatcore import hookimpl
-from chatcore.adapters.terminal import TerminalAdapter
 from chatcore.commands import Command
 from chatcore.events import ConversationKey
 from chatcore.generation.fake import FakeBackend
@@ -31,7 +31,7 @@ from chatcore.generation.types import ChatMessage, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.inmemory import InMemoryConversationStore
 from chatcore.text import clean_input, terminal_safe
-from tests.conftest import AppFactory, make_settings, run_chatcore
+from tests.conftest import AppFactory, interactive_terminal, make_settings, run_chatcore
 from tests.plugin_fixtures import install_plugin
 from tests.test_engine import collect, msg
 
@@ -266,28 +266,13 @@ def test_a_broken_pipe_is_one_line_and_exit_1(isolated_env: Path) -> None:
 
 
 async def test_a_user_name_with_markup_starts_the_chat(
-    isolated_env: Path, new_app: AppFactory
+    isolated_env: Path, new_app: AppFactory, pipe: PipeInput
 ) -> None:
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
     app = await new_app(make_settings(isolated_env), backend=FakeBackend())
     err = io.StringIO()
-    try:
-        with create_pipe_input() as pipe:
-            adapter = app.adapter(
-                "terminal",
-                user="[bold]x[/] [link=y",
-                stdout=io.StringIO(),
-                stderr=err,
-                interactive=True,
-                prompt_input=pipe,
-                prompt_output=DummyOutput(),
-            )
-            pipe.send_text("\x04")
-            assert await asyncio.wait_for(adapter.run(), 10) == 0
-    finally:
-        await app.close()
+    adapter = interactive_terminal(app, pipe, stderr=err, user="[bold]x[/] [link=y")
+    pipe.send_text("\x04")
+    assert await asyncio.wait_for(adapter.run(), 10) == 0
     assert "you are [bold]x[/] [link=y." in err.getvalue()
 
 
@@ -549,27 +534,12 @@ def test_the_data_directory_and_history_are_private(isolated_env: Path) -> None:
 
 
 async def test_a_new_history_file_is_created_private(
-    isolated_env: Path, new_app: AppFactory
+    isolated_env: Path, new_app: AppFactory, pipe: PipeInput
 ) -> None:
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
     app = await new_app(make_settings(isolated_env), backend=FakeBackend())
-    try:
-        with create_pipe_input() as pipe:
-            adapter = app.adapter(
-                "terminal",
-                stdout=io.StringIO(),
-                stderr=io.StringIO(),
-                interactive=True,
-                prompt_input=pipe,
-                prompt_output=DummyOutput(),
-            )
-            assert isinstance(adapter, TerminalAdapter)
-            pipe.send_text("my password is hunter2\r\x04")
-            assert await asyncio.wait_for(adapter.run(), 10) == 0
-    finally:
-        await app.close()
+    adapter = interactive_terminal(app, pipe)
+    pipe.send_text("my password is hunter2\r\x04")
+    assert await asyncio.wait_for(adapter.run(), 10) == 0
     history = isolated_env / "terminal_history"
     assert "hunter2" in history.read_text()
     assert stat.S_IMODE(history.stat().st_mode) == 0o600
@@ -656,44 +626,21 @@ def test_a_signal_while_the_reader_of_stdout_stalls_still_ends_the_process(
 
 
 async def test_ctrl_c_at_the_prompt_clears_the_line_and_the_chat_goes_on(
-    isolated_env: Path, new_app: AppFactory
+    isolated_env: Path, new_app: AppFactory, pipe: PipeInput
 ) -> None:
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
     app = await new_app(make_settings(isolated_env), backend=FakeBackend())
     out = io.StringIO()
-    with create_pipe_input() as pipe:
-        adapter = app.adapter(
-            "terminal",
-            stdout=out,
-            stderr=io.StringIO(),
-            interactive=True,
-            prompt_input=pipe,
-            prompt_output=DummyOutput(),
-        )
-        pipe.send_text("typed then cleared\x03after\r\x04")
-        assert await asyncio.wait_for(adapter.run(), 10) == 0
+    adapter = interactive_terminal(app, pipe, stdout=out)
+    pipe.send_text("typed then cleared\x03after\r\x04")
+    assert await asyncio.wait_for(adapter.run(), 10) == 0
     assert out.getvalue() == "bot> You said: after\n"
 
 
 async def test_a_shutdown_while_the_prompt_waits_ends_the_chat_cleanly(
-    isolated_env: Path, new_app: AppFactory
+    isolated_env: Path, new_app: AppFactory, pipe: PipeInput
 ) -> None:
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
     app = await new_app(make_settings(isolated_env), backend=FakeBackend())
-    with create_pipe_input() as pipe:
-        adapter = app.adapter(
-            "terminal",
-            stdout=io.StringIO(),
-            stderr=io.StringIO(),
-            interactive=True,
-            prompt_input=pipe,
-            prompt_output=DummyOutput(),
-        )
-        run = asyncio.ensure_future(adapter.run())
-        await asyncio.sleep(0.3)  # at the prompt
-        app.request_stop()  # what SIGTERM does
-        assert await asyncio.wait_for(run, 10) == 0
+    run = asyncio.ensure_future(interactive_terminal(app, pipe).run())
+    await asyncio.sleep(0.3)  # at the prompt
+    app.request_stop()  # what SIGTERM does
+    assert await asyncio.wait_for(run, 10) == 0

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.input import PipeInput
 from typer.testing import CliRunner
 
 from chatcore.adapters.terminal import TerminalAdapter, login_name
@@ -21,7 +20,7 @@ from chatcore.events import ConversationKey
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage
 from chatcore.lifecycle import ShutdownSignals
-from tests.conftest import AppFactory, make_settings, run_chatcore
+from tests.conftest import AppFactory, interactive_terminal, make_settings, run_chatcore
 
 runner = CliRunner()
 
@@ -88,24 +87,8 @@ async def app(isolated_env: Path) -> AsyncIterator[App]:
         await app.close()
 
 
-@pytest.fixture
-def pipe() -> Iterator[PipeInput]:
-    with create_pipe_input() as pipe_input:
-        yield pipe_input
-
-
 def _adapter(app: App, pipe: PipeInput, out: io.StringIO, **options: object) -> TerminalAdapter:
-    adapter = app.adapter(
-        "terminal",
-        stdout=out,
-        stderr=io.StringIO(),
-        interactive=True,
-        prompt_input=pipe,
-        prompt_output=DummyOutput(),
-        **options,
-    )
-    assert isinstance(adapter, TerminalAdapter)
-    return adapter
+    return interactive_terminal(app, pipe, stdout=out, **options)
 
 
 async def test_interactive_chat_streams_and_keeps_history(
