@@ -140,7 +140,14 @@ class PluginsSettings(_Section):
     """Which plugins load. Entry-point plugins load unless disabled or left out of
     ``CHATCORE_PLUGINS`` (a comma-separated allowlist, when set)."""
 
-    builtin: tuple[str, ...] = ("backends", "commands", "terminal", "websocket", "discord")
+    builtin: tuple[str, ...] = (
+        "backends",
+        "commands",
+        "memory",
+        "terminal",
+        "websocket",
+        "discord",
+    )
     disabled: tuple[str, ...] = ()
     hook_timeout: float = Field(10.0, gt=0, le=3600)
     command_timeout: float = Field(60.0, gt=0, le=3600)

@@ -35,7 +35,8 @@ from chatcore.events import (
     Usage,
 )
 from chatcore.generation.types import Backend, GenerationError
-from chatcore.memory.base import ConversationStore
+from chatcore.memory.base import ConversationStore, UserKey
+from chatcore.memory.learn import prompt_lines
 from chatcore.plugins import PluginFault, PluginHost
 from chatcore.services import Services
 from chatcore.text import clean_input
@@ -261,7 +262,12 @@ class Engine:
                     plugin,
                     type(extra).__name__,
                 )
-        sections = Sections(self.settings.context.system_prompt.strip(), extensions=extras)
+        stored = await self.store.get_preferences(UserKey.of(key))
+        sections = Sections(
+            self.settings.context.system_prompt.strip(),
+            preferences=prompt_lines({name: p.value for name, p in stored.items()}),
+            extensions=extras,
+        )
         try:
             # Counting tokens is CPU work (a long history, a big window): off the event loop.
             prompt = await asyncio.to_thread(self.context.build, sections, history, message.text)

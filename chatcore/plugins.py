@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "chatcore"
 DEFAULT_PLUGINS: dict[str, str] = {
     "backends": "chatcore.builtin.backends",
     "commands": "chatcore.builtin.commands",
+    "memory": "chatcore.builtin.memory",
     "terminal": "chatcore.adapters.terminal",
     "websocket": "chatcore.adapters.websocket",
     "discord": "chatcore.adapters.discord",

@@ -46,13 +46,14 @@ async def test_builtins_load_and_register(settings: Settings) -> None:
     assert {n: i.status for n, i in host.infos.items()} == {
         "backends": "loaded",
         "commands": "loaded",
+        "memory": "loaded",
         "terminal": "loaded",
         "websocket": "loaded",
         "discord": "loaded",
     }
     assert host.backends.names() == ["fake", "transformers"]
     assert host.adapters.names() == ["discord", "terminal", "websocket"]
-    assert host.commands.names() == ["help", "reset"]
+    assert host.commands.names() == ["help", "prefs", "reset"]
     assert host.commands.owner("reset") == "commands"
     assert host.infos["commands"].registered == {"command": ["help", "reset"]}
 
@@ -261,7 +262,7 @@ async def test_installed_plugin_named_like_a_builtin_never_displaces_it(
     host = await _loaded(settings)
     assert host.infos["commands"].status == "loaded"
     assert host.infos["commands"].source == "built-in"
-    assert host.commands.names() == ["help", "reset"]
+    assert host.commands.names() == ["help", "prefs", "reset"]
     (clash,) = [i for n, i in host.infos.items() if n.startswith("commands (impostor")]
     assert clash.status == "failed" and "already loaded" in (clash.error or "")
 
