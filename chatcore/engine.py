@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -220,6 +221,21 @@ class Engine:
         except Exception:
             request.emit(_logged_failure(message, "internal_error", "Something went wrong"))
 
+    async def _record_costs(self, key: ConversationKey, turn: Sequence[ChatMessage]) -> None:
+        """Store the token cost of each new message, so that later prompts (after a restart
+        too) need not count it again; counted off the event loop, after the reply went out."""
+        context = self.context
+
+        def count() -> dict[str, int]:
+            return {m.id: context.cost(m) for m in turn if m.id is not None}
+
+        try:
+            counts = await asyncio.to_thread(count)
+            if counts:
+                await self.store.set_tokens(key, counts)
+        except Exception:  # an optimisation only: the reply already went out
+            log.warning("could not record token counts in %s", key, exc_info=True)
+
     async def _run_command(self, message: Message, name: str, args: str) -> Reply | ReplyError:
         registry = self.plugins.commands
         if name not in registry:
@@ -312,9 +328,10 @@ class Engine:
             if text.strip():
                 turn.append(ChatMessage("assistant", text))
             # Shielded: a second cancellation (a shutdown past its grace) must not lose it.
-            await asyncio.shield(self.store.append(key, turn))
+            kept = await asyncio.shield(self.store.append(key, turn))
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
+        await self._record_costs(key, kept)
         await self.plugins.call(
             "reply_finished", message=message, reply=reply, services=self.services
         )

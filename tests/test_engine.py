@@ -436,3 +436,12 @@ async def test_hooks_and_commands_get_the_services_never_the_engine(
     assert isinstance(reply, Reply) and reply.text == "2 messages; window 0"
     assert seen and seen[0] is fake_app.engine.services
     assert not hasattr(seen[0], "engine") and not hasattr(seen[0], "backend")
+
+
+async def test_the_token_cost_of_each_stored_message_is_recorded(fake_app: App) -> None:
+    await collect(fake_app.engine.handle(msg("hello there")))
+    history = await fake_app.engine.store.history(msg("").conversation)
+    assert [m.tokens for m in history] == [
+        fake_app.engine.context.cost(ChatMessage(m.role, m.content)) for m in history
+    ]
+    assert all(m.tokens for m in history)
