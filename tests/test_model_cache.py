@@ -353,10 +353,11 @@ def test_a_waiting_start_uses_the_other_processes_result(
     assert f"to finish converting the model into {target}" in caplog.text
 
 
-def test_cancel_while_waiting_for_the_lock(
-    location: ModelLocation, home: Path, fake: FakeConverter, caplog: pytest.LogCaptureFixture
-) -> None:
-    target = model_files.cache_dir(location, home)
+def _preparing(
+    location: ModelLocation, home: Path, fake: FakeConverter
+) -> tuple[threading.Event, threading.Thread, list[BaseException]]:
+    """A thread (not started) that prepares the model with a cancel flag; what it raises
+    lands in the list."""
     cancel = threading.Event()
     errors: list[BaseException] = []
 
@@ -366,7 +367,14 @@ def test_cancel_while_waiting_for_the_lock(
         except BaseException as error:
             errors.append(error)
 
-    waiter = threading.Thread(target=start)
+    return cancel, threading.Thread(target=start), errors
+
+
+def test_cancel_while_waiting_for_the_lock(
+    location: ModelLocation, home: Path, fake: FakeConverter, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = model_files.cache_dir(location, home)
+    cancel, waiter, errors = _preparing(location, home, fake)
     with caplog.at_level(logging.INFO), CacheLock(lock_path(target)) as other:
         target.parent.mkdir(parents=True)
         assert other.try_acquire()
@@ -449,16 +457,7 @@ def test_cancel_during_conversion_kills_the_converter_and_cleans_up(
     location: ModelLocation, home: Path, fake: FakeConverter
 ) -> None:
     fake.mode = "hang"
-    cancel = threading.Event()
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            prepare_model(location, home, cancel=cancel, converter=fake)
-        except BaseException as error:
-            errors.append(error)
-
-    worker = threading.Thread(target=start)
+    cancel, worker, errors = _preparing(location, home, fake)
     worker.start()
     wait_until(lambda: _conversion_started(home), "the conversion started")
     cancel.set()
