@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatcore.adapter_api import ChatService
-from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
+from chatcore.events import Message, Notice, Reply, ReplyChunk, ReplyError, ReplyEvent
 from chatcore.metrics import Metrics, ReplyTracker
 
 from .websocket_limits import Limits, TokenBucket
@@ -375,6 +375,8 @@ class Session:
                     "completion_tokens": usage.completion_tokens,
                 },
             }
+        if isinstance(event, Notice):
+            return {"type": "notice", **base, "text": event.text}
         return {"type": "error", **base, "code": event.code, "text": event.text}
 
     async def _stop_all(self, reason: str) -> None:

@@ -136,6 +136,17 @@ class AdapterSettings(_Section):
         return decoded
 
 
+class MemorySettings(_Section):
+    """What chatcore learns and keeps about each user (docs/memory.md)."""
+
+    learn: bool = True
+    recall: int = Field(3, ge=0, le=50)
+    embedder: Literal["minilm", "hashing"] = "minilm"
+    min_score: float = Field(0.35, ge=-1.0, le=1.0)
+    summaries: bool = True
+    retention_days: float = Field(0, ge=0)
+
+
 class PluginsSettings(_Section):
     """Which plugins load. Entry-point plugins load unless disabled or left out of
     ``CHATCORE_PLUGINS`` (a comma-separated allowlist, when set)."""
@@ -181,6 +192,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     context: ContextSettings = ContextSettings()
     storage: StorageSettings = StorageSettings()
+    memory: MemorySettings = MemorySettings()
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Raw ``[adapters.<name>]`` sections; each is validated by ``section_settings`` against
     the model its adapter registered."""

@@ -29,6 +29,7 @@ from chatcore.events import (
     ErrorCode,
     FinishReason,
     Message,
+    Notice,
     Reply,
     ReplyChunk,
     ReplyError,
@@ -38,6 +39,7 @@ from chatcore.events import (
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.base import ConversationStore, UserKey
 from chatcore.memory.learn import prompt_lines
+from chatcore.memory.service import Memories
 from chatcore.plugins import PluginFault, PluginHost
 from chatcore.services import Services
 from chatcore.text import clean_input
@@ -118,12 +120,14 @@ class Engine:
         backend: Backend,
         store: ConversationStore,
         plugins: PluginHost | None = None,
+        memories: Memories | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.store = store
         self.plugins = plugins or PluginHost()
-        self.services = Services(settings, store)
+        self.memories = memories or Memories(store, settings.memory)
+        self.services = Services(settings, store, self.memories)
         """What hooks and commands get: never the engine itself."""
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
@@ -164,7 +168,8 @@ class Engine:
     async def close(self) -> None:
         """``stop``, then close the backend and the store."""
         await self.stop()
-        for name, part in (("backend", self.backend), ("store", self.store)):
+        parts = (("memories", self.memories), ("backend", self.backend), ("store", self.store))
+        for name, part in parts:
             try:
                 await part.close()
             except Exception:  # shutting down: report, and close the rest anyway
@@ -220,6 +225,19 @@ class Engine:
                 await self._chat(request)
         except Exception:
             request.emit(_logged_failure(message, "internal_error", "Something went wrong"))
+
+    async def _recalled(self, user: UserKey, text: str) -> list[str]:
+        """The texts of the user's memories closest to ``text`` (none when recall fails: the
+        reply goes on without them)."""
+        if self.settings.memory.recall == 0:
+            return []
+        try:
+            return [memory.text for memory in await self.memories.recall(user, text)]
+        except Exception:
+            log.warning(
+                "recalling memories for %s failed; replying without them", user, exc_info=True
+            )
+            return []
 
     async def _record_costs(self, key: ConversationKey, turn: Sequence[ChatMessage]) -> None:
         """Store the token cost of each new message, so that later prompts (after a restart
@@ -278,11 +296,13 @@ class Engine:
                     plugin,
                     type(extra).__name__,
                 )
-        stored = await self.store.get_preferences(UserKey.of(key))
+        user = UserKey.of(key)
+        stored = await self.store.get_preferences(user)
         sections = Sections(
             self.settings.context.system_prompt.strip(),
             preferences=prompt_lines({name: p.value for name, p in stored.items()}),
             extensions=extras,
+            recalled=await self._recalled(user, message.text),
         )
         try:
             # Counting tokens is CPU work (a long history, a big window): off the event loop.
@@ -332,9 +352,19 @@ class Engine:
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
         await self._record_costs(key, kept)
-        await self.plugins.call(
+        notices = await self.plugins.call(
             "reply_finished", message=message, reply=reply, services=self.services
         )
+        for plugin, notice in notices:
+            if isinstance(notice, str):
+                if notice.strip():
+                    request.emit(Notice(message.id, notice.strip()))
+            elif notice is not None:
+                log.error(
+                    "plugin %r returned %s from reply_finished, not text; left out",
+                    plugin,
+                    type(notice).__name__,
+                )
 
 
 def _logged_failure(

@@ -122,5 +122,15 @@ class ReplyError:
     text: str
 
 
-ReplyEvent = ReplyChunk | Reply | ReplyError
-"""What ``Engine.handle`` streams: zero or more chunks, then one ``Reply`` or ``ReplyError``."""
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something to tell the user besides the reply, after it: what was noted about them
+    ("noted: you prefer replies in French; ..."). Adapters show it apart from the reply."""
+
+    message_id: str
+    text: str
+
+
+ReplyEvent = ReplyChunk | Reply | ReplyError | Notice
+"""What ``Engine.handle`` streams: zero or more chunks, then one ``Reply`` or ``ReplyError``,
+then zero or more ``Notice``."""

@@ -75,8 +75,9 @@ def extend_system_prompt(message: Message, services: Services) -> str | None:
 
 
 @hookspec
-def reply_finished(message: Message, reply: Reply, services: Services) -> None:
-    """Called after a reply was completed and stored (not for errors or commands)."""
+def reply_finished(message: Message, reply: Reply, services: Services) -> str | None:
+    """Called after a reply was completed and stored (not for errors or commands); text it
+    returns is shown to the user as a ``Notice`` after the reply, None shows nothing."""
 
 
 # -- shutdown --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from chatcore.config import Settings
     from chatcore.memory.base import ConversationStore
+    from chatcore.memory.service import Memories
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,4 +22,6 @@ class Services:
     settings: Settings
     """The effective configuration (secrets stay ``SecretStr``)."""
     store: ConversationStore
-    """The conversation store: history, and, with the SQL store, preferences and memories."""
+    """The conversation store: history, preferences, summaries."""
+    memories: Memories
+    """Long-term memories: remember, recall, list, forget (kept in step with the recall index)."""

@@ -45,7 +45,11 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 
 def make_settings(home: Path, **sections: dict[str, object]) -> Settings:
     """Settings for tests: the fake backend, a temporary home, and the given section overrides."""
-    data: dict[str, object] = {"home": str(home), "model": {"backend": "fake"}}
+    data: dict[str, object] = {
+        "home": str(home),
+        "model": {"backend": "fake"},
+        "memory": {"embedder": "hashing", "min_score": 0.3},
+    }
     for name, values in sections.items():
         merged = dict(data.get(name, {}))  # type: ignore[call-overload]
         merged.update(values)

@@ -16,9 +16,10 @@ import pytest
 from chatcore import hookimpl
 from chatcore.app import App
 from chatcore.engine import Engine, EngineNotStartedError
-from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
+from chatcore.events import Message, Notice, Reply, ReplyChunk, ReplyError, ReplyEvent
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage, GenerationError
+from chatcore.memory.base import UserKey
 from chatcore.memory.inmemory import InMemoryConversationStore
 from tests.conftest import AppFactory, make_settings
 
@@ -445,3 +446,67 @@ async def test_the_token_cost_of_each_stored_message_is_recorded(fake_app: App) 
         fake_app.engine.context.cost(ChatMessage(m.role, m.content)) for m in history
     ]
     assert all(m.tokens for m in history)
+
+
+async def test_text_from_reply_finished_follows_the_reply_as_notices(fake_app: App) -> None:
+    class Notes:
+        @hookimpl
+        def reply_finished(self, reply: Reply) -> str | None:
+            return f"noted: {len(reply.text)} characters"
+
+    class Silent:
+        @hookimpl
+        def reply_finished(self) -> object:
+            return 42  # not text: logged and left out
+
+    fake_app.plugins.add_plugin(Notes(), "notes")
+    fake_app.plugins.add_plugin(Silent(), "silent")
+    try:
+        events = await collect(fake_app.engine.handle(msg("hello")))
+    finally:
+        fake_app.plugins.remove_plugin("notes")
+        fake_app.plugins.remove_plugin("silent")
+    reply = next(e for e in events if isinstance(e, Reply))
+    assert events[-1] == Notice(reply.message_id, f"noted: {len(reply.text)} characters")
+    assert [type(e) for e in events[-2:]] == [Reply, Notice]
+
+
+async def test_the_closest_memories_are_recalled_next_to_the_new_message(
+    fake_app: App, fake_backend: FakeBackend
+) -> None:
+    user = UserKey.of(msg("").conversation)
+    memories = fake_app.engine.services.memories
+    await memories.remember(user, "the user's dog is called Rex")
+    await memories.remember(user, "the user lives in Lisbon")
+    await memories.remember(UserKey("other", "x"), "the user's dog is called Bruno")
+    await collect(fake_app.engine.handle(msg("what is my dog called?")))
+    last = fake_backend.calls[-1].messages[-1]
+    assert last.role == "user" and last.content.endswith("what is my dog called?")
+    assert "Rex" in last.content and "Bruno" not in last.content
+    assert "Lisbon" not in last.content  # under the minimum score
+    assert "Rex" not in fake_backend.calls[-1].messages[0].content  # not in the stable part
+
+
+async def test_recall_can_be_turned_off_and_a_failing_recall_does_not_stop_the_reply(
+    settings: Any, isolated_env: Path, new_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    off = make_settings(isolated_env, memory={"recall": 0})
+    backend = FakeBackend()
+    app = await new_app(off, backend=backend)
+    await app.start()
+    user = UserKey.of(msg("").conversation)
+    await app.engine.services.memories.remember(user, "the user's dog is called Rex")
+    await collect(app.engine.handle(msg("what is my dog called?")))
+    assert "Rex" not in backend.calls[-1].messages[-1].content
+
+    broken_backend = FakeBackend()
+    broken = await new_app(settings, backend=broken_backend)
+    await broken.start()
+
+    async def fail(*_: object) -> list[Any]:
+        raise RuntimeError("index gone")
+
+    broken.engine.memories.recall = fail  # type: ignore[method-assign]
+    events = await collect(broken.engine.handle(msg("what is my dog called?")))
+    assert isinstance(events[-1], Reply)
+    assert "replying without them" in caplog.text

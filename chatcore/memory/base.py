@@ -6,7 +6,7 @@ Two implementations: ``SqlStore`` (SQLite or PostgreSQL, durable) and the in-mem
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -140,8 +140,11 @@ class ConversationStore(Protocol):
         """Store a memory; ``dim`` defaults to ``len(embedding) // 4`` (float32)."""
         ...
 
-    async def list_memories(self, user: UserKey) -> list[Memory]:
-        """The user's memories, oldest first."""
+    async def list_memories(
+        self, user: UserKey, ids: Collection[int] | None = None
+    ) -> list[Memory]:
+        """The user's memories, oldest first; only those among ``ids`` when given (ids the
+        user has no memory by are left out)."""
         ...
 
     async def delete_memory(self, user: UserKey, memory_id: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 from chatcore.events import ChatMessage, ConversationKey
@@ -107,8 +107,13 @@ class InMemoryConversationStore:
         self._memories.setdefault(user, {})[memory.id] = memory
         return memory
 
-    async def list_memories(self, user: UserKey) -> list[Memory]:
-        return list(self._memories.get(user, {}).values())
+    async def list_memories(
+        self, user: UserKey, ids: Collection[int] | None = None
+    ) -> list[Memory]:
+        memories = self._memories.get(user, {})
+        if ids is None:
+            return list(memories.values())
+        return [memories[i] for i in sorted(set(ids)) if i in memories]
 
     async def delete_memory(self, user: UserKey, memory_id: int) -> bool:
         return self._memories.get(user, {}).pop(memory_id, None) is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -342,13 +342,17 @@ class SqlStore:
 
         return await self.write(work)
 
-    async def list_memories(self, user: UserKey) -> list[Memory]:
+    async def list_memories(
+        self, user: UserKey, ids: Collection[int] | None = None
+    ) -> list[Memory]:
         async def work(session: AsyncSession) -> list[Memory]:
             query = (
                 select(MemoryRow)
                 .where(MemoryRow.user_id == _user_query(user).scalar_subquery())
                 .order_by(MemoryRow.id)
             )
+            if ids is not None:
+                query = query.where(MemoryRow.id.in_(list(ids)))
             return [_memory(row) for row in (await session.scalars(query)).all()]
 
         return await self.read(work)
