@@ -38,6 +38,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_embedded.py
 	$(BIN)/python benchmarks/bench_websocket.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_recall.py
+	$(BIN)/python benchmarks/bench_store.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_engine.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
