@@ -195,6 +195,9 @@ async def test_memories_are_added_listed_and_deleted_per_user(store: Conversatio
     python = await store.add_memory(SAM, "I write Python", b"\0" * 8, dim=2)
     theirs = await store.add_memory(alex, "Alex likes tea", vector)
     assert [m.id for m in await store.list_memories(SAM)] == [rex.id, python.id]
+    chosen = await store.list_memories(SAM, [python.id, theirs.id, rex.id, 10**9])
+    assert [m.id for m in chosen] == [rex.id, python.id]  # only Sam's, oldest first
+    assert await store.list_memories(SAM, []) == []
     assert await store.delete_memory(SAM, theirs.id) is False  # not Sam's to delete
     assert await store.delete_memory(SAM, rex.id) is True
     assert await store.delete_memory(SAM, rex.id) is False
