@@ -290,7 +290,8 @@ def memory_forget(
     settings = _settings(config)
     key = _user_key(user)
     where, data = _user_data(settings, key)
-    typer.echo(f"to erase: {key} in {where}: {counts_of(data).describe()}, and their name")
+    what = counts_of(data).describe()
+    typer.echo(f"to erase: {key} in {where}: {what}, their record, and what plugins keep")
     if not yes:
         if not sys.stdin.isatty():
             raise _fail(

@@ -114,7 +114,7 @@ class ForgetMe:
         minutes = max(1, round(self.ttl / 60))
         return (
             f"This erases everything stored about you: {counts_of(data).describe()}, your "
-            "name, and what plugins keep about you. It cannot be undone. To confirm, send "
+            "record, and what plugins keep about you. It cannot be undone. To confirm, send "
             f"/forget-me {code} within {minutes} minutes."
         )
 
