@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
@@ -29,10 +29,14 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chatcore import hookimpl
 from chatcore.adapter_api import AdapterContext
-from chatcore.config import AdapterSettings
+from chatcore.config import AdapterSettings, ConfigError, section_settings
 from chatcore.events import Message, Reply, ReplyChunk, ReplyError
 from chatcore.files import private_file
 from chatcore.text import clean_input, terminal_safe
+
+if TYPE_CHECKING:
+    from chatcore.memory.base import UserKey
+    from chatcore.services import Services
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,8 +103,7 @@ class TerminalAdapter:
         self.interactive = interactive
         self.prompt_input = prompt_input
         self.prompt_output = prompt_output
-        history_file = settings.history_file or str(context.home / "terminal_history")
-        self.history_path = Path(history_file).expanduser()
+        self.history_path = history_path(settings, context.home)
         self.errors = Console(file=self.stderr, highlight=False, soft_wrap=True)
 
     async def run(self) -> int:
@@ -406,3 +409,26 @@ def _no_echo(stream: TextIO) -> Iterator[None]:
 @hookimpl
 def register_adapters(register: Callable[..., None]) -> None:
     register("terminal", TerminalAdapter, settings=TerminalSettings)
+
+
+def history_path(settings: TerminalSettings, home: Path) -> Path:
+    """The input history file: ``history_file``, else ``<home>/terminal_history``."""
+    return Path(settings.history_file or home / "terminal_history").expanduser()
+
+
+@hookimpl
+def user_erased(user: UserKey, services: Services) -> None:
+    """The input history holds what was typed here: empty it when a terminal user's data is
+    erased. It is one file for everyone who chats in this terminal, so it is emptied whole."""
+    if user.platform != PLATFORM:
+        return
+    try:
+        settings = section_settings(services.settings, PLATFORM, TerminalSettings)
+    except ConfigError:
+        settings = TerminalSettings()
+    path = history_path(settings, services.settings.home_path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))  # emptied, its private mode kept
+    except FileNotFoundError:
+        return
+    log.info("emptied the terminal input history %s", path)

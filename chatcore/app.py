@@ -24,6 +24,7 @@ from chatcore.memory.base import ConversationStore
 from chatcore.memory.sql import SqlStore
 from chatcore.metrics import Metrics
 from chatcore.plugins import PluginError, PluginHost, Registry
+from chatcore.privacy import Retention
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class App:
         self._closed = False
         self._start_lock = asyncio.Lock()
         self._engine_stopped: asyncio.Future[Any] | None = None
+        self.retention = Retention(engine.store, settings.memory.retention_days)
+        """Prunes old messages in the background while the app runs (``memory.retention_days``)."""
 
     @property
     def started(self) -> bool:
@@ -78,6 +81,7 @@ class App:
                     "startup", settings=self.settings, services=self.engine.services
                 )
                 self._started = True
+                self.retention.start()
 
     def request_stop(self, *_: object) -> None:
         """Begin the graceful shutdown: adapters take no more messages, replies in flight end
@@ -95,6 +99,7 @@ class App:
         self.request_stop()
         if self._engine_stopped is not None:
             await self._engine_stopped
+        await self.retention.close()
         if self._startup_began:
             # All at once, each within half the shutdown's time: what is left closes the rest.
             grace = self.settings.lifecycle.shutdown_timeout / 2

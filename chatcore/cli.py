@@ -1,5 +1,5 @@
-"""The ``chatcore`` command line: ``chat``, ``run``, ``serve``, ``config show``, ``db upgrade``
-and ``plugins``.
+"""The ``chatcore`` command line: ``chat``, ``run``, ``serve``, ``config show``, ``db upgrade``,
+``memory export|forget`` and ``plugins``.
 
 Errors the user can fix (bad configuration, missing model, unknown plugin) print one clear
 line per problem to standard error and exit with code 2.
@@ -29,8 +29,9 @@ from chatcore.config import (
     masked_settings,
     section_settings,
 )
+from chatcore.files import write_private
 from chatcore.generation.types import GenerationError
-from chatcore.memory.base import StoreError
+from chatcore.memory.base import ErasedCounts, StoreError, UserKey, counts_of
 from chatcore.plugins import PluginError, PluginHost
 from chatcore.text import terminal_safe
 
@@ -48,6 +49,11 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
+memory_app = typer.Typer(
+    help="What is stored about a user: export it as JSON, or erase it all.",
+    no_args_is_help=True,
+)
+app.add_typer(memory_app, name="memory")
 
 ConfigOption = Annotated[
     Path | None,
@@ -220,6 +226,142 @@ def _on_store(settings: Settings, *, upgrade: bool) -> tuple[str, str | None, st
             after, _ = await store.revision()
             return store.describe(), before, after
         finally:
+            await store.close()
+
+    try:
+        return asyncio.run(work())
+    except StoreError as error:
+        raise _fail([f"error: {error}"]) from None
+
+
+UserOption = Annotated[
+    str,
+    typer.Option(
+        "--user",
+        "-u",
+        help="The user, as PLATFORM:ID: discord:123456, terminal:sam, ...",
+        show_default=False,
+    ),
+]
+
+
+@memory_app.command("export")
+def memory_export(
+    user: UserOption,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write to this file (private: 0600) instead of standard output.",
+            dir_okay=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print everything stored about a user as JSON: who they are, preferences, memories,
+    conversations with their summaries and messages. Exit code 1: nothing is stored."""
+    settings = _settings(config)
+    key = _user_key(user)
+    where, data = _user_data(settings, key)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        write_private(output, text)
+    except OSError as error:
+        raise _fail([f"error: cannot write {output}: {error.strerror or error}"]) from None
+    counts = counts_of(data)
+    typer.echo(f"wrote {key} ({counts.describe()}) from {where} to {output}", err=True)
+
+
+@memory_app.command("forget")
+def memory_forget(
+    user: UserOption,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Erase without asking (needed when not on a terminal)."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Erase everything stored about a user, and what plugins keep about them (the terminal's
+    input history for a terminal user). It cannot be undone. Exit code 1: nothing is stored."""
+    settings = _settings(config)
+    key = _user_key(user)
+    where, data = _user_data(settings, key)
+    what = counts_of(data).describe()
+    typer.echo(f"to erase: {key} in {where}: {what}, their record, and what plugins keep")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise _fail(
+                [
+                    "error: not erasing without a confirmation; run it on a terminal to be "
+                    "asked, or add --yes"
+                ]
+            )
+        if not typer.confirm("Erase all of it? It cannot be undone", default=False):
+            raise _fail(["nothing was erased"], code=1)
+    counts = _erase(settings, key)
+    typer.echo(f"erased {key}: {counts.describe()}")
+    if not counts.clean:
+        raise _fail(
+            [
+                "warning: the database file could not be rebuilt (another process was using "
+                "it): copies of the erased text may stay in it until chatcore next erases or "
+                "closes; see docs/memory.md"
+            ],
+            code=0,
+        )
+
+
+def _user_key(text: str) -> UserKey:
+    try:
+        return UserKey.parse(text)
+    except ValueError as error:
+        raise _fail([f"error: --user {error}"]) from None
+
+
+def _user_data(settings: Settings, user: UserKey) -> tuple[str, dict[str, Any]]:
+    """(the database, described; everything it stores about ``user``), without creating
+    the database; exit code 1 when it stores nothing about them."""
+    from chatcore.app import open_store
+
+    async def work() -> tuple[str, dict[str, Any] | None]:
+        store = open_store(settings)
+        try:
+            current, _ = await store.revision()
+            if current is None:
+                return store.describe(), None
+            return store.describe(), await store.export_user(user)
+        finally:
+            await store.close()
+
+    try:
+        where, data = asyncio.run(work())
+    except StoreError as error:
+        raise _fail([f"error: {error}"]) from None
+    if data is None:
+        raise _fail([f"error: nothing is stored about {user} in {where}"], code=1)
+    return where, data
+
+
+def _erase(settings: Settings, user: UserKey) -> ErasedCounts:
+    """Erase ``user`` as ``/forget-me`` does: the store, then every plugin's ``user_erased``
+    (plugins are loaded, adapters are not started)."""
+    from chatcore.app import open_store
+    from chatcore.memory.service import Memories
+    from chatcore.privacy import Privacy
+
+    async def work() -> ErasedCounts:
+        plugins = PluginHost()
+        await plugins.load(settings)
+        store = open_store(settings)
+        memories = Memories(store, settings.memory)
+        try:
+            return await Privacy(settings, store, memories, plugins).erase(user)
+        finally:
+            await memories.close()
             await store.close()
 
     try:

@@ -41,6 +41,7 @@ from chatcore.memory.base import ConversationStore, UserKey
 from chatcore.memory.learn import prompt_lines
 from chatcore.memory.service import Memories
 from chatcore.plugins import PluginFault, PluginHost
+from chatcore.privacy import Privacy
 from chatcore.services import Services
 from chatcore.text import clean_input
 
@@ -127,7 +128,8 @@ class Engine:
         self.store = store
         self.plugins = plugins or PluginHost()
         self.memories = memories or Memories(store, settings.memory)
-        self.services = Services(settings, store, self.memories)
+        privacy = Privacy(settings, store, self.memories, self.plugins)
+        self.services = Services(settings, store, self.memories, privacy)
         """What hooks and commands get: never the engine itself."""
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}

@@ -102,3 +102,12 @@ def _tighten(path: Path, mode: int) -> str | None:
 def _warn(problem: str | None) -> None:
     if problem:
         log.warning("%s", problem)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, replacing what was there, readable by its owner only
+    (0600, also when the file existed). The folder is left as it is."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with open(fd, "w", encoding="utf-8") as file:
+        os.fchmod(fd, PRIVATE_FILE)
+        file.write(text)

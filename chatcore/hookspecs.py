@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from chatcore.config import Settings
     from chatcore.events import Message, Reply
+    from chatcore.memory.base import UserKey
     from chatcore.services import Services
 
 PROJECT = "chatcore"
@@ -28,6 +29,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "inbound": ("message_received",),
     "generation": ("extend_system_prompt",),
     "outbound": ("reply_finished",),
+    "privacy": ("user_erased",),
     "shutdown": ("shutdown",),
 }
 
@@ -78,6 +80,15 @@ def extend_system_prompt(message: Message, services: Services) -> str | None:
 def reply_finished(message: Message, reply: Reply, services: Services) -> str | None:
     """Called after a reply was completed and stored (not for errors or commands); text it
     returns is shown to the user as a ``Notice`` after the reply, None shows nothing."""
+
+
+# -- privacy ---------------------------------------------------------------------------------
+
+
+@hookspec
+def user_erased(user: UserKey, services: Services) -> None:
+    """Called after a user's data was erased from the store (``/forget-me``, ``chatcore memory
+    forget``): erase what your plugin keeps about ``user`` too."""
 
 
 # -- shutdown --------------------------------------------------------------------------------

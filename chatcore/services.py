@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from chatcore.config import Settings
     from chatcore.memory.base import ConversationStore
     from chatcore.memory.service import Memories
+    from chatcore.privacy import Privacy
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +26,5 @@ class Services:
     """The conversation store: history, preferences, summaries."""
     memories: Memories
     """Long-term memories: remember, recall, list, forget (kept in step with the recall index)."""
+    privacy: Privacy
+    """A user's own data: export it, erase it all (store, caches, plugins' ``user_erased``)."""

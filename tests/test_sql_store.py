@@ -4,6 +4,7 @@ PostgreSQL server; then what only a database gives: restarts, migrations, locks,
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,14 +22,22 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from chatcore.cli import app as cli
 from chatcore.events import ChatMessage, ConversationKey
-from chatcore.memory.base import ConversationStore, StoreError, UserKey
+from chatcore.memory.base import ConversationStore, ErasedCounts, StoreError, UserKey, counts_of
 from chatcore.memory.database import is_transient, retrying
 from chatcore.memory.inmemory import InMemoryConversationStore
-from chatcore.memory.schema import Base, ConversationRow, MessageRow
+from chatcore.memory.schema import (
+    Base,
+    ConversationRow,
+    MemoryRow,
+    MessageRow,
+    PreferenceRow,
+    UserRow,
+)
 from chatcore.memory.sql import SqlStore
 from tests.conftest import run_chatcore
 
@@ -520,3 +530,111 @@ async def test_acknowledged_turns_survive_sigkill_on_postgresql(postgres_url: st
     acknowledged = await asyncio.to_thread(_crash_runs, postgres_url, 4, seed=31)
     assert len(acknowledged) > 4
     await _check_after_crashes(postgres_url, acknowledged)
+
+
+# Privacy: export, erase, retention (every store).
+
+BOB = ConversationKey("terminal", "dm", "bob")
+
+
+async def _plant(store: ConversationStore, key: ConversationKey, word: str) -> None:
+    user = UserKey.of(key)
+    await store.append(key, [ChatMessage("user", f"{word} one"), ChatMessage("assistant", "ok")])
+    await store.append(ConversationKey(key.platform, "general", key.user), turn(9))
+    await store.set_summary(key, f"{word} summary", None)
+    await store.set_display_name(user, f"{word} name")
+    await store.set_preference(user, "tone", "formal")
+    await store.set_preference(user, "name", word, "learned")
+    await store.add_memory(user, f"{word} memory", b"\0" * 8)
+
+
+async def test_export_holds_everything_about_the_user(store: ConversationStore) -> None:
+    await _plant(store, KEY, "sam")
+    await _plant(store, BOB, "bob")
+    data = await store.export_user(SAM)
+    assert data is not None and await store.export_user(UserKey("terminal", "nobody")) is None
+    assert (data["format"], data["version"]) == ("chatcore-user-export", 1)
+    assert data["user"]["platform"] == "terminal" and data["user"]["id"] == "sam"
+    assert data["user"]["display_name"] == "sam name"
+    assert [(p["key"], p["value"], p["source"]) for p in data["preferences"]] == [
+        ("name", "sam", "learned"),
+        ("tone", "formal", "explicit"),
+    ]
+    assert [m["text"] for m in data["memories"]] == ["sam memory"]
+    assert all("embedding" not in m for m in data["memories"])
+    dm, general = data["conversations"]
+    assert (dm["channel"], dm["summary"], general["channel"]) == ("dm", "sam summary", "general")
+    assert [(m["role"], m["content"]) for m in dm["messages"]] == [
+        ("user", "sam one"),
+        ("assistant", "ok"),
+    ]
+    assert [m["content"] for m in general["messages"]] == ["question 9", "answer 9"]
+    assert json.loads(json.dumps(data)) == data  # JSON-ready as it is
+
+
+async def test_erase_removes_the_user_and_leaves_others_untouched(
+    store: ConversationStore,
+) -> None:
+    await _plant(store, KEY, "sam")
+    await _plant(store, BOB, "bob")
+    bob_before = await store.export_user(UserKey.of(BOB))
+    sam = await store.export_user(SAM)
+    assert sam is not None
+    counts = await store.erase_user(SAM)
+    assert counts == counts_of(sam)
+    assert counts == ErasedCounts(users=1, conversations=2, messages=4, preferences=2, memories=1)
+    assert await store.export_user(SAM) is None
+    assert await store.history(KEY) == [] and await store.get_preferences(SAM) == {}
+    assert await store.list_memories(SAM) == [] and await store.get_summary(KEY) is None
+    assert await store.export_user(UserKey.of(BOB)) == bob_before
+    assert await store.erase_user(SAM) == ErasedCounts()
+
+
+async def test_erase_counts_match_the_database(sql_stores: Callable[[], SqlStore]) -> None:
+    store = sql_stores()
+    await _plant(store, KEY, "sam")
+    await store.reset(KEY)
+    await store.append(KEY, turn(1))
+    await _plant(store, BOB, "bob")
+
+    async def rows(session: AsyncSession) -> dict[str, int]:
+        tables = [UserRow, ConversationRow, MessageRow, PreferenceRow, MemoryRow]
+        return {
+            t.__tablename__: await session.scalar(select(func.count()).select_from(t)) or 0
+            for t in tables
+        }
+
+    before = await store.read(rows)
+    data = await store.export_user(SAM)
+    assert data is not None and len(data["conversations"]) == 3
+    assert data["conversations"][0]["closed"] is not None
+    counts = await store.erase_user(SAM)
+    after = await store.read(rows)
+    assert counts == counts_of(data)
+    assert {name: before[name] - after[name] for name in before} == {
+        "users": counts.users,
+        "conversations": counts.conversations,
+        "messages": counts.messages,
+        "preferences": counts.preferences,
+        "memories": counts.memories,
+    }
+    assert after["users"] == 1 and counts.clean
+
+
+async def test_prune_deletes_only_messages_older_than_the_cutoff(
+    store: ConversationStore, kind: str
+) -> None:
+    await store.append(KEY, turn(1))
+    await store.append(BOB, turn(1))
+    await store.set_summary(BOB, "bob summary", None)
+    await asyncio.sleep(0.01)  # the clock moves on, so the cutoff falls between the turns
+    cutoff = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await store.append(KEY, turn(2))
+    assert await store.prune_messages(cutoff) == 4
+    assert await store.history(KEY) == turn(2)
+    assert await store.history(BOB) == [] and await store.get_summary(BOB) is None
+    bob = await store.export_user(UserKey.of(BOB))
+    if kind != "memory":  # the in-memory store keeps no user apart from their data
+        assert bob is not None and bob["conversations"] == []  # emptied: gone; the user stays
+    assert await store.prune_messages(cutoff) == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from chatcore.events import ChatMessage, ConversationKey
 
@@ -73,6 +73,51 @@ class Summary:
 
     text: str
     through: str | None
+
+
+EXPORT_FORMAT = "chatcore-user-export"
+EXPORT_VERSION = 1
+"""The format and version ``export_user`` writes; the version grows when its shape changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedCounts:
+    """What ``erase_user`` removed (or, from ``counts_of``, what it would remove)."""
+
+    users: int = 0
+    conversations: int = 0
+    messages: int = 0
+    preferences: int = 0
+    memories: int = 0
+    clean: bool = True
+    """False when a copy of erased text may remain in the database files for a while (SQLite
+    could not rebuild its file: another process was using it; a warning says so)."""
+
+    def describe(self) -> str:
+        """E.g. ``12 messages in 2 conversations, 3 memories, 2 preferences``."""
+        return (
+            f"{_plural(self.messages, 'message')} in "
+            f"{_plural(self.conversations, 'conversation')}, "
+            f"{_plural(self.memories, 'memory', 'memories')}, "
+            f"{_plural(self.preferences, 'preference')}"
+        )
+
+
+def counts_of(export: Mapping[str, object]) -> ErasedCounts:
+    """What erasing the user of ``export`` (from ``export_user``) removes."""
+    conversations = export.get("conversations") or []
+    assert isinstance(conversations, list)
+    return ErasedCounts(
+        users=1,
+        conversations=len(conversations),
+        messages=sum(len(c["messages"]) for c in conversations),
+        preferences=len(export.get("preferences") or []),  # type: ignore[arg-type]
+        memories=len(export.get("memories") or []),  # type: ignore[arg-type]
+    )
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 @runtime_checkable
@@ -153,6 +198,25 @@ class ConversationStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+    # Privacy: export, erase, retention (docs/memory.md, "Your data")
+    async def export_user(self, user: UserKey) -> dict[str, Any] | None:
+        """Everything stored about ``user`` as JSON-ready data (``EXPORT_FORMAT``, version
+        ``EXPORT_VERSION``): the user, preferences, memories (text and time; embeddings are
+        left out, they are derived from the text) and every conversation with its summary and
+        messages, oldest first. None for a user the store does not know."""
+        ...
+
+    async def erase_user(self, user: UserKey) -> ErasedCounts:
+        """Delete everything stored about ``user`` in one transaction, leaving no copy of the
+        text in the database files where the database allows (SQLite); other users are
+        untouched. Returns what went (all zero for an unknown user)."""
+        ...
+
+    async def prune_messages(self, before: datetime) -> int:
+        """Delete every message stored before ``before``, and the conversations (with their
+        summaries) left without messages; return how many messages went."""
         ...
 
 

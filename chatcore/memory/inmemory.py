@@ -11,9 +11,11 @@ import itertools
 from collections import OrderedDict, deque
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from chatcore.events import ChatMessage, ConversationKey
 from chatcore.memory.base import (
+    ErasedCounts,
     Memory,
     Preference,
     PreferenceSource,
@@ -21,6 +23,7 @@ from chatcore.memory.base import (
     UserKey,
     embedding_dim,
 )
+from chatcore.memory.export import document, iso
 
 
 def _now() -> datetime:
@@ -120,3 +123,85 @@ class InMemoryConversationStore:
 
     async def close(self) -> None:
         self._conversations.clear()
+
+    # Privacy
+
+    async def export_user(self, user: UserKey) -> dict[str, Any] | None:
+        keys = [k for k in self._conversations if UserKey.of(k) == user]
+        known = (self._names, self._preferences, self._memories)
+        if not keys and not any(user in part for part in known):
+            return None
+        conversations = []
+        for number, key in enumerate(keys, 1):
+            summary = self._summaries.get(key)
+            messages = list(self._conversations[key])
+            conversations.append(
+                {
+                    "id": number,
+                    "channel": key.channel,
+                    "created": iso(messages[0].created) if messages else None,
+                    "closed": None,
+                    "summary": summary.text if summary else None,
+                    "summary_through": _number(summary.through) if summary else None,
+                    "messages": [_exported_message(m) for m in messages],
+                }
+            )
+        user_part = {
+            "platform": user.platform,
+            "id": user.user,
+            "display_name": self._names.get(user),
+            "created": None,
+        }
+        preferences = [
+            {"key": p.key, "value": p.value, "source": p.source, "updated": iso(p.updated)}
+            for p in (await self.get_preferences(user)).values()
+        ]
+        memories = [
+            {"id": m.id, "text": m.text, "created": iso(m.created)}
+            for m in await self.list_memories(user)
+        ]
+        return document(user_part, preferences, memories, conversations)
+
+    async def erase_user(self, user: UserKey) -> ErasedCounts:
+        keys = [k for k in self._conversations if UserKey.of(k) == user]
+        known = user in self._names or user in self._preferences or user in self._memories
+        messages = 0
+        for key in keys:
+            messages += len(self._conversations.pop(key))
+            self._summaries.pop(key, None)
+        self._names.pop(user, None)
+        return ErasedCounts(
+            users=int(known or bool(keys)),
+            conversations=len(keys),
+            messages=messages,
+            preferences=len(self._preferences.pop(user, {})),
+            memories=len(self._memories.pop(user, {})),
+        )
+
+    async def prune_messages(self, before: datetime) -> int:
+        pruned = 0
+        for key in list(self._conversations):
+            messages = self._conversations[key]
+            kept = [m for m in messages if m.created is None or m.created >= before]
+            pruned += len(messages) - len(kept)
+            if kept:
+                self._conversations[key] = deque(kept, maxlen=self.limit)
+            else:
+                del self._conversations[key]
+                self._summaries.pop(key, None)
+        return pruned
+
+
+def _number(message_id: str | None) -> int | str | None:
+    """A message id as the SQL store exports it (a number)."""
+    return int(message_id) if message_id is not None and message_id.isdigit() else message_id
+
+
+def _exported_message(message: ChatMessage) -> dict[str, Any]:
+    return {
+        "id": _number(message.id),
+        "role": message.role,
+        "content": message.content,
+        "tokens": message.tokens,
+        "created": iso(message.created),
+    }

@@ -7,7 +7,9 @@ tried again on a transient lock or serialization error. Migrations are applied w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from chatcore.config import mask_url
 from chatcore.events import ChatMessage, ConversationKey, Role
 from chatcore.files import private_file
 from chatcore.memory.base import (
+    ErasedCounts,
     Memory,
     Preference,
     PreferenceSource,
@@ -39,6 +42,7 @@ from chatcore.memory.database import (
     sqlite_path,
     upgrade,
 )
+from chatcore.memory.export import export_rows
 from chatcore.memory.schema import ConversationRow, MemoryRow, MessageRow, PreferenceRow, UserRow
 
 log = logging.getLogger(__name__)
@@ -379,6 +383,106 @@ class SqlStore:
                 log.warning("closing the store with %d operations still running", len(running))
         await self.engine.dispose()
 
+    # Privacy
+
+    async def export_user(self, user: UserKey) -> dict[str, Any] | None:
+        async def work(session: AsyncSession) -> dict[str, Any] | None:
+            if self.dialect == "postgresql":  # one snapshot for all the reads below
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            row = await session.scalar(
+                select(UserRow).where(
+                    UserRow.platform == user.platform, UserRow.platform_user_id == user.user
+                )
+            )
+            if row is None:
+                return None
+            return await export_rows(session, row)
+
+        return await self.read(work)
+
+    async def erase_user(self, user: UserKey) -> ErasedCounts:
+        async def work(session: AsyncSession) -> ErasedCounts:
+            user_id = await session.scalar(_user_query(user))
+            if user_id is None:
+                return ErasedCounts()
+            owned = select(ConversationRow.id).where(ConversationRow.user_id == user_id)
+            messages = await _deleted(session, MessageRow, MessageRow.conversation_id.in_(owned))
+            return ErasedCounts(
+                messages=messages,
+                conversations=await _deleted(
+                    session, ConversationRow, ConversationRow.user_id == user_id
+                ),
+                preferences=await _deleted(
+                    session, PreferenceRow, PreferenceRow.user_id == user_id
+                ),
+                memories=await _deleted(session, MemoryRow, MemoryRow.user_id == user_id),
+                users=await _deleted(session, UserRow, UserRow.id == user_id),
+            )
+
+        counts = await self.write(work)
+        if counts.users and not await self.scrub():
+            return dataclasses.replace(counts, clean=False)
+        return counts
+
+    async def prune_messages(self, before: datetime) -> int:
+        async def work(session: AsyncSession) -> int:
+            pruned = await _deleted(session, MessageRow, MessageRow.created < before)
+            if pruned:
+                has_messages = select(MessageRow.id).where(
+                    MessageRow.conversation_id == ConversationRow.id
+                )
+                await session.execute(
+                    delete(ConversationRow).where(
+                        ConversationRow.created < before, ~has_messages.exists()
+                    )
+                )
+            return pruned
+
+        pruned = await self.write(work)
+        if pruned:
+            await self.scrub(vacuum=False)
+        return pruned
+
+    async def scrub(self, *, vacuum: bool = True) -> bool:
+        """SQLite: rebuild the file (``VACUUM``, when ``vacuum``: ``secure_delete`` zeroes
+        deleted rows, but copies of them can stay in the unused space of pages that were split
+        earlier), then copy the write-ahead log into the file and truncate it, so no older
+        copy of deleted rows stays in ``-wal``. Nothing to do on PostgreSQL (docs/memory.md
+        says what the server keeps). False, with a warning logged, when another connection
+        kept it from finishing. Like every operation, it finishes even if its caller leaves."""
+        if sqlite_path(self.url) is None:
+            return True
+        if self._closed:
+            raise StoreError(f"the store on {self.describe()} is closed")
+        task = asyncio.ensure_future(self._scrub(vacuum))
+        self._operations.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    async def _scrub(self, vacuum: bool) -> bool:
+        statements = ["VACUUM"] if vacuum else []
+        statements.append("PRAGMA wal_checkpoint(TRUNCATE)")  # (busy, log frames, copied)
+        row = None
+        try:
+            async with self.engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver: Any = raw.driver_connection  # aiosqlite, outside any transaction
+                for statement in statements:
+                    cursor = await driver.execute(statement)
+                    row = await cursor.fetchone()
+                    await cursor.close()
+        except (OSError, sqlite3.Error, SQLAlchemyError) as error:
+            log.warning("could not rebuild %s after deleting: %s", self.describe(), error)
+            return False
+        if row is None or row[0] != 0:
+            log.warning(
+                "could not truncate the log of %s (another process is using the database): "
+                "copies of deleted rows may stay in it until the next checkpoint",
+                self.describe(),
+            )
+            return False
+        return True
+
     # Helpers
 
     def _insert(self, table: type[Any]) -> Any:
@@ -449,6 +553,12 @@ def _preference(row: PreferenceRow) -> Preference:
 
 def _memory(row: MemoryRow) -> Memory:
     return Memory(row.id, row.text, row.embedding, row.dim, row.created)
+
+
+async def _deleted(session: AsyncSession, table: type[Any], where: Any) -> int:
+    """Delete the rows of ``table`` that match ``where``; how many went."""
+    result = await session.execute(delete(table).where(where))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _reason(error: BaseException) -> str:
