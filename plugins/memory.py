@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from chatcore import hookimpl
 from chatcore.commands import Command, CommandContext
@@ -20,6 +20,7 @@ from chatcore.events import Message
 from chatcore.memory.base import Memory, UserKey
 from chatcore.memory.learn import (
     PREFERENCE_KEYS,
+    Fact,
     PreferenceChange,
     PreferenceValueError,
     describe,
@@ -74,18 +75,42 @@ async def reply_finished(message: Message, services: Services) -> str | None:
             continue
         if note:
             notes.append(note)
-    for fact in learned.facts:
+    if learned.facts:
+        notes += await _store_facts_within(services, user, learned.facts, message.id)
+    return "\n".join(notes) or None
+
+
+async def _store_facts_within(
+    services: Services, user: UserKey, facts: Sequence[Fact], message_id: str
+) -> list[str]:
+    """Store the new ones of ``facts``; their notices. Waits at most half the hook's time
+    limit: past it (the embedder's first load, on a slow machine) the facts are stored in the
+    background and announced without their ids, rather than the hook being cut off."""
+    work = asyncio.ensure_future(_store_facts(services.memories, user, facts, message_id))
+    services.memories.track(work)  # kept (and ended at close) whatever happens to this hook
+    done, _ = await asyncio.wait([work], timeout=services.settings.plugins.hook_timeout / 2)
+    if work in done:
+        return work.result()
+    log.info("memory: storing facts from message %s goes on in the background", message_id)
+    return [f"noted: {fact.text} — being stored; /memories will list it." for fact in facts]
+
+
+async def _store_facts(
+    memories: Memories, user: UserKey, facts: Sequence[Fact], message_id: str
+) -> list[str]:
+    notes = []
+    for fact in facts:
         try:
-            stored = await _remember_new(services.memories, user, fact.text)
+            stored = await _remember_new(memories, user, fact.text)
         except MemoryTextError as error:
-            log.info("memory: fact from message %s not stored: %s", message.id, error)
+            log.info("memory: a fact from message %s not stored: %s", message_id, error)
             continue
-        except Exception:
-            log.exception("memory: storing a fact of %s from message %s failed", user, message.id)
+        except Exception:  # the others may still work; the reply is out already
+            log.exception("memory: storing a fact of %s from message %s failed", user, message_id)
             continue
         if stored is not None:
             notes.append(fact_note(stored))
-    return "\n".join(notes) or None
+    return notes
 
 
 def fact_note(memory: Memory) -> str:

@@ -4,6 +4,7 @@ says is learned and announced in a ``Notice``, shapes later prompts, and ``/reme
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from pathlib import Path
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from chatcore.app import App
+from chatcore.builtin import memory as memory_plugin
 from chatcore.events import Notice, Reply, ReplyError, ReplyEvent
 from chatcore.generation.fake import FakeBackend
 from chatcore.memory.base import UserKey
 from chatcore.memory.service import MAX_MEMORY_CHARS
-from chatcore.builtin import memory as memory_plugin
 from tests.conftest import AppFactory, make_settings
 from tests.test_engine import collect, msg
 
@@ -56,9 +57,7 @@ async def test_call_me_sam_is_announced_stored_as_learned_and_prompted(
     events = await _turn(app, "call me Sam")
     kinds = [type(e).__name__ for e in events]
     assert kinds[-2:] == ["Reply", "Notice"]  # the notice comes after the reply
-    assert _notices(events) == [
-        "noted: I'll call you Sam — say \"don't call me Sam\" to undo."
-    ]
+    assert _notices(events) == ["noted: I'll call you Sam — say \"don't call me Sam\" to undo."]
     stored = await app.engine.store.get_preferences(USER)
     assert stored["name"].value == "Sam" and stored["name"].source == "learned"
     await _turn(app, "hello")
@@ -103,8 +102,7 @@ async def test_a_stated_fact_is_remembered_once_named_by_id_and_recalled(
     (memory,) = await app.engine.memories.list(USER)
     assert memory.text == "The user's dog is called Rex."
     assert notice == (
-        f"noted: The user's dog is called Rex. — memory {memory.id}; "
-        f"/forget {memory.id} undoes it."
+        f"noted: The user's dog is called Rex. — memory {memory.id}; /forget {memory.id} undoes it."
     )
     await _turn(app, "what is my dog called?")
     assert "Rex" in _recalled(fake_backend)
@@ -175,6 +173,39 @@ async def test_a_learn_that_raises_gives_no_notice_and_is_logged(
     assert "memory: learning from message" in caplog.text and "rule bug" in caplog.text
 
 
+async def test_a_slow_store_goes_on_in_the_background_and_is_announced_without_its_id(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    settings = make_settings(isolated_env, plugins={"hook_timeout": 0.4})
+    app = await new_app(settings, backend=FakeBackend())
+    await app.start()
+    memories = app.engine.memories
+    remember = memories.remember
+    release = asyncio.Event()
+
+    async def slow(user: UserKey, text: str) -> object:  # as an embedder's first load
+        await release.wait()
+        return await remember(user, text)
+
+    memories.remember = slow  # type: ignore[method-assign]
+    events = await _turn(app, "call me Sam. My dog is called Rex.")
+    assert _notices(events) == [
+        "noted: I'll call you Sam — say \"don't call me Sam\" to undo.\n"
+        "noted: The user's dog is called Rex. — being stored; /memories will list it."
+    ]
+    assert await memories.list(USER) == []
+    release.set()
+    for _ in range(200):  # bounded: 2 s
+        if await memories.list(USER):
+            break
+        await asyncio.sleep(0.01)
+    assert [m.text for m in await memories.list(USER)] == ["The user's dog is called Rex."]
+    # One still waiting at shutdown is cancelled: closing is not held up by it.
+    release.clear()
+    await _turn(app, "I live in Leeds")
+    await asyncio.wait_for(app.close(), 10)
+
+
 # -- the commands ----------------------------------------------------------------------------
 
 
@@ -213,7 +244,9 @@ async def test_command_errors_say_what_to_do(app: App) -> None:
     assert (await _say(app, "/forget -3")).startswith("'-3' is not a memory id.")
     assert (await _say(app, "/forget ３")).startswith("'３' is not a memory id.")  # not ASCII
     huge = "9" * 30  # more than any database id: not found, not an overflow
-    assert await _say(app, f"/forget {huge}") == f"You have no memory {huge}; /memories lists yours."
+    assert (
+        await _say(app, f"/forget {huge}") == f"You have no memory {huge}; /memories lists yours."
+    )
     await _say(app, "/remember a thing", user="bob")
     (bobs,) = await app.engine.memories.list(UserKey("test", "bob"))
     assert await _say(app, f"/forget #{bobs.id}") == (
@@ -252,13 +285,15 @@ async def test_a_learned_fact_is_recalled_for_a_paraphrased_question_with_minilm
     backend = FakeBackend()
     app = await new_app(settings, backend=backend)
     await app.start()
-    for text in (
-        "my dog is called Rex",
-        "I live in Leeds",
-        "I'm allergic to peanuts",
-        "I love jazz",
-    ):
+    texts = ("my dog is called Rex", "I live in Leeds", "I'm allergic to peanuts", "I love jazz")
+    for text in texts:
         (notice,) = _notices(await _turn(app, text))
         assert notice.startswith("noted: The user")
+    # The first may still be storing in the background while the embedder loads (bounded).
+    for _ in range(600):
+        if len(await app.engine.memories.list(USER)) == len(texts):
+            break
+        await asyncio.sleep(0.1)
+    assert len(await app.engine.memories.list(USER)) == len(texts)
     await _turn(app, "what's the name of my pet?")
     assert "The user's dog is called Rex." in _recalled(backend)
