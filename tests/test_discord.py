@@ -488,7 +488,7 @@ async def test_every_command_is_a_slash_command_answered_only_to_the_user(
 ) -> None:
     async with bot(new_app, isolated_env, server, plugins={"shout": _Shout()}):
         synced = {c["name"]: c for c in server.commands}
-        assert set(synced) == {"help", "prefs", "reset", "shout"}
+        assert set(synced) == {"help", "prefs", "reset", "shout", "remember", "memories", "forget"}
         assert synced["shout"]["description"] == "say it loud"
         assert [o["name"] for o in synced["shout"]["options"]] == ["text"]
 

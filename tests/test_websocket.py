@@ -127,6 +127,8 @@ async def test_what_was_noted_comes_as_a_notice_frame_after_the_reply(
     # A notice is neither a reply nor an error.
     assert 'chatcore_replies_total{adapter="websocket"} 2.0' in metrics
     assert 'chatcore_errors_total{adapter="websocket"' not in metrics
+    # Not in flight once the reply frame is out, even while its notices are being made.
+    assert 'chatcore_replies_in_flight{adapter="websocket"} 0.0' in metrics
 
 
 async def test_cancel_stops_the_generation_and_the_socket_stays_usable(
