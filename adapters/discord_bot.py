@@ -27,12 +27,12 @@ from discord.http import Route
 
 from chatcore.adapter_api import AdapterContext, AdapterStartError, CommandInfo, ReplyStream
 from chatcore.commands import parse_command
-from chatcore.events import Message, Reply, ReplyChunk, ReplyError, ReplyEvent
+from chatcore.events import Message, Notice, Reply, ReplyChunk, ReplyError, ReplyEvent
 from chatcore.metrics import ReplyTracker
 from chatcore.text import clean_input
 
 from .discord import TOKEN_ENV, DiscordSettings
-from .discord_reply import StreamedReply, keep_typing
+from .discord_reply import StreamedReply, keep_typing, note_text
 from .discord_text import split_message
 
 log = logging.getLogger(__name__)
@@ -395,16 +395,24 @@ class DiscordAdapter:
         reply = StreamedReply(target, reference=reference, interval=self.settings.edit_interval)
         shown = asyncio.create_task(reply.run())
         typing = asyncio.create_task(keep_typing(target))
+        notices: list[str] = []
         try:
             with self.context.metrics.track(self.context.name) as tracker:
                 async with aclosing(events):
                     async for event in events:
                         tracker.observe(event)
+                        if isinstance(event, Notice):  # after the reply, which is finished
+                            notices.append(event.text)
+                            continue
                         if shown.done():
                             break  # Discord refused the reply: closing the stream stops it
                         _render(reply, event)
+                        if isinstance(event, Reply | ReplyError):
+                            typing.cancel()  # what follows (notices) is quick, not the model
             reply.finish()
             await shown
+            if notices:
+                await reply.add_note(note_text(notices))
         except discord.HTTPException as error:
             _log_failure("a reply could not be shown", error, message)
         except Exception:
@@ -506,6 +514,8 @@ async def _whole_text(events: ReplyStream, tracker: ReplyTracker) -> str:
                 parts.append(f"\n\n_{CUT_SHORT}_")
         elif isinstance(event, ReplyError):
             parts.append(f"\n\n_{discord.utils.escape_markdown(event.text)}_")
+        elif isinstance(event, Notice):
+            parts.append(f"\n{note_text([event.text])}")
     return "".join(parts).strip()
 
 

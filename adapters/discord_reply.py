@@ -12,7 +12,7 @@ import logging
 
 import discord
 
-from .discord_text import LIMIT, close_code_block, split_once
+from .discord_text import LIMIT, close_code_block, split_message, split_once
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,8 @@ TYPING_EVERY = 8.0
 
 EMPTY = "_(no reply)_"
 """Shown when a reply ends with no text at all."""
+NOTE_LINE_CHARS = 600
+"""A notice's line longer than this is cut, so a few notes fit under a reply."""
 
 
 class StreamedReply:
@@ -52,6 +54,8 @@ class StreamedReply:
         self._live: discord.Message | None = None
         self._changed = asyncio.Event()
         self._finished = False
+        self._shown_at: float | None = None
+        """When the last change reached Discord (the event loop's clock)."""
 
     @property
     def text(self) -> str:
@@ -86,6 +90,24 @@ class StreamedReply:
                 return
             await asyncio.sleep(self.interval)
 
+    async def add_note(self, note: str) -> None:
+        """After ``run``: show ``note`` under the reply, in its last message when both fit in
+        one, else in new messages after it; like every change, no sooner than ``interval``
+        after the previous one."""
+        if not note.strip() or not self.messages:
+            return
+        if self._shown_at is not None:
+            wait = self._shown_at + self.interval - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        joined = f"{self._shown.rstrip()}\n{note}"
+        if self._live is not None and len(joined) <= self.limit:
+            await self._show(joined)
+            return
+        for part in split_message(note, self.limit):
+            self._live = None
+            await self._show(part)
+
     async def _flush(self) -> None:
         while len(self._text) > self.limit:
             head, self._text = split_once(self._text, self.limit)
@@ -106,6 +128,18 @@ class StreamedReply:
         else:
             self._live = await self._live.edit(content=text)
         self._shown = text
+        self._shown_at = asyncio.get_running_loop().time()
+
+
+def note_text(notices: list[str]) -> str:
+    """Notices as Discord shows them under a reply: small grey lines (``-#``) with their
+    markdown escaped, since the text comes from what users said (mentions in it never ping:
+    the client allows none), each line cut at ``NOTE_LINE_CHARS``."""
+    lines = [line.strip() for notice in notices for line in notice.splitlines() if line.strip()]
+    lines = [
+        line if len(line) <= NOTE_LINE_CHARS else line[:NOTE_LINE_CHARS] + "…" for line in lines
+    ]
+    return "\n".join(f"-# {discord.utils.escape_markdown(line)}" for line in lines)
 
 
 async def keep_typing(channel: discord.abc.Messageable) -> None:

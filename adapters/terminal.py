@@ -26,11 +26,12 @@ from prompt_toolkit.output import Output
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from chatcore import hookimpl
 from chatcore.adapter_api import AdapterContext
 from chatcore.config import AdapterSettings, ConfigError, section_settings
-from chatcore.events import Message, Reply, ReplyChunk, ReplyError
+from chatcore.events import Message, Notice, Reply, ReplyChunk, ReplyError
 from chatcore.files import private_file
 from chatcore.text import clean_input, terminal_safe
 
@@ -131,6 +132,13 @@ class TerminalAdapter:
         """Show one line on standard error (never fails: there is nowhere else to say it)."""
         with suppress(OSError, ValueError):
             self.errors.print(line if markup else terminal_safe(line), markup=markup)
+
+    def _notice(self, text: str) -> None:
+        """Show a notice ("noted: ...") dim on standard error, apart from the replies on
+        standard output; as plain text (no markup, no emoji codes), escape sequences
+        neutralised."""
+        with suppress(OSError, ValueError):
+            self.errors.print(Text(terminal_safe(text), style="dim"))
 
     def _silence_stdout(self) -> None:
         """Point a broken standard output at /dev/null, so that the interpreter's last flush
@@ -272,10 +280,12 @@ class TerminalAdapter:
     # -- one message ----------------------------------------------------------------------------
 
     async def _reply(self, text: str) -> bool:
-        """Send one message and print its reply; False when the reply was an error."""
+        """Send one message and print its reply, then its notices; False when the reply was
+        an error."""
         message = Message(text=text, user=self.user, channel="terminal", platform=PLATFORM)
         ok = True
         cut = False
+        notices: list[str] = []
         # In a terminal "bot> " is already on the line, so the reply must end it.
         at_line_start = not self.interactive
         async with aclosing(self.chat.send(message)) as events:
@@ -292,6 +302,8 @@ class TerminalAdapter:
                         self._write("\n")
                         at_line_start = True
                     self._error(f"error: {event.text}")
+                elif isinstance(event, Notice):
+                    notices.append(event.text)
                 if shown:
                     self._write(shown)
                     at_line_start = shown.endswith("\n")
@@ -302,6 +314,8 @@ class TerminalAdapter:
             self._error("[dim](reply cut at generation.max_new_tokens)[/]", markup=True)
         if not at_line_start:
             self._write("\n")
+        for notice in notices:
+            self._notice(notice)
         return ok
 
 

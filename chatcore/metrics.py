@@ -99,19 +99,20 @@ class ReplyTracker:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._metrics.replies_in_flight.labels(self._adapter).dec()
         if not self.ended:
             self.observe_error("cancelled")
 
     def observe(self, event: ReplyEvent) -> None:
-        """Account for one event of the reply, in the order they stream."""
+        """Account for one event of the reply, in the order they stream. The reply ends (is no
+        longer in flight) at its ``Reply`` or ``ReplyError``; a ``Notice`` after it counts for
+        nothing."""
         now = time.monotonic()
         if isinstance(event, ReplyChunk):
             if self._first_chunk is None:
                 self._first_chunk = now
                 self._metrics.time_to_first_token.labels(self._adapter).observe(now - self._started)
         elif isinstance(event, Reply):
-            self.ended = True
+            self._end()
             self._metrics.replies.labels(self._adapter).inc()
             tokens = event.usage.completion_tokens
             if self._first_chunk is not None and tokens > 1 and now > self._first_chunk:
@@ -123,5 +124,10 @@ class ReplyTracker:
     def observe_error(self, code: str) -> None:
         """The reply ended with an error of ``code``."""
         if not self.ended:
-            self.ended = True
+            self._end()
             self._metrics.error(self._adapter, code)
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._metrics.replies_in_flight.labels(self._adapter).dec()

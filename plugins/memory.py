@@ -1,26 +1,178 @@
-"""Built-in plugin: what a user can see and set about themselves, ``/prefs`` to list, set and
-unset their preferences (name, role, reply language, length, tone), which shape every prompt;
-``/forget-me`` to erase everything stored about them, after a confirmation.
+"""Built-in plugin: what chatcore knows about a user, and how they see, change and erase it.
+After each reply it learns preferences and facts from what the user said and tells them
+("noted: ..."); ``/prefs`` lists, sets and unsets preferences; ``/remember``, ``/memories`` and
+``/forget`` keep long-term memories; ``/forget-me`` erases everything stored about the user,
+after a confirmation.
 
-Registered through ``register_commands`` like any plugin's commands; it reaches the store only
-through ``context.services``.
+Registered through ``register_commands`` and ``reply_finished`` like any plugin; it reaches the
+store and the memories only through ``services``. See docs/memory.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from chatcore import hookimpl
 from chatcore.commands import Command, CommandContext
-from chatcore.memory.base import UserKey, counts_of
-from chatcore.memory.learn import PREFERENCE_KEYS, PreferenceValueError, normalise_preference
+from chatcore.events import Message
+from chatcore.memory.base import Memory, UserKey, counts_of
+from chatcore.memory.learn import (
+    PREFERENCE_KEYS,
+    Fact,
+    PreferenceChange,
+    PreferenceValueError,
+    describe,
+    learn,
+    normalise_preference,
+)
+from chatcore.memory.service import MAX_MEMORY_CHARS, Memories, MemoryTextError
+from chatcore.memory.utterance import fold
+from chatcore.services import Services
+
+log = logging.getLogger(__name__)
 
 USAGE = (
     "Usage: /prefs (list them), /prefs set KEY VALUE, /prefs unset KEY. "
     f"Keys: {', '.join(PREFERENCE_KEYS)}."
 )
+REMEMBER_USAGE = "Usage: /remember TEXT, e.g. /remember my sister is called Ana."
+FORGET_USAGE = "Usage: /forget ID, with the number /memories shows, e.g. /forget 12."
+MEMORIES_SHOWN = 30
+"""``/memories`` shows at most this many, the newest; it says how many older ones it left out."""
+SHOWN_CHARS = 200
+"""A memory longer than this is cut in the ``/memories`` list (the whole text stays stored)."""
+DUPLICATE_CANDIDATES = 5
+"""How many of the closest memories are compared with a new one to find it already stored."""
+_MAX_ID = 2**63 - 1
+
+
+# -- learning after each reply ----------------------------------------------------------------
+
+
+@hookimpl
+async def reply_finished(message: Message, services: Services) -> str | None:
+    """Learn preferences and facts from the user's message (``memory.learn``), store them and
+    return one notice saying what was noted and how to undo it; None when nothing was."""
+    if not services.settings.memory.learn:
+        return None
+    try:
+        # Pure rules, but up to ~5 ms on a long message: off the event loop.
+        learned = await asyncio.to_thread(learn, message.text)
+    except Exception:
+        log.exception("memory: learning from message %s failed; nothing stored", message.id)
+        return None
+    if not learned:
+        return None
+    user = UserKey.of(message.conversation)
+    notes: list[str] = []
+    for change in learned.preferences:
+        try:
+            note = await _apply_preference(services, user, change)
+        except Exception:  # the others may still work; the reply is out already
+            log.exception("memory: storing the %s preference of %s failed", change.key, user)
+            continue
+        if note:
+            notes.append(note)
+    if learned.facts:
+        notes += await _store_facts_within(services, user, learned.facts, message.id)
+    return "\n".join(notes) or None
+
+
+async def _store_facts_within(
+    services: Services, user: UserKey, facts: Sequence[Fact], message_id: str
+) -> list[str]:
+    """Store the new ones of ``facts``; their notices. Waits at most half the hook's time
+    limit: past it (the embedder's first load, on a slow machine) the facts are stored in the
+    background and announced without their ids, rather than the hook being cut off."""
+    work = asyncio.ensure_future(_store_facts(services.memories, user, facts, message_id))
+    services.memories.track(work)  # kept (and ended at close) whatever happens to this hook
+    done, _ = await asyncio.wait([work], timeout=services.settings.plugins.hook_timeout / 2)
+    if work in done:
+        return work.result()
+    log.info("memory: storing facts from message %s goes on in the background", message_id)
+    return [f"noted: {fact.text} — being stored; /memories will list it." for fact in facts]
+
+
+async def _store_facts(
+    memories: Memories, user: UserKey, facts: Sequence[Fact], message_id: str
+) -> list[str]:
+    notes = []
+    for fact in facts:
+        try:
+            stored = await _remember_new(memories, user, fact.text)
+        except MemoryTextError as error:
+            log.info("memory: a fact from message %s not stored: %s", message_id, error)
+            continue
+        except Exception:  # the others may still work; the reply is out already
+            log.exception("memory: storing a fact of %s from message %s failed", user, message_id)
+            continue
+        if stored is not None:
+            notes.append(fact_note(stored))
+    return notes
+
+
+def fact_note(memory: Memory) -> str:
+    """The line that announces a learned fact, with its id and how to undo it."""
+    return f"noted: {memory.text} — memory {memory.id}; /forget {memory.id} undoes it."
+
+
+async def _apply_preference(services: Services, user: UserKey, change: PreferenceChange) -> str:
+    """Store or undo one learned preference; its announcement, or "" when nothing changed."""
+    store = services.store
+    current = (await store.get_preferences(user)).get(change.key)
+    if change.value is None:
+        if current is None:
+            return ""
+        if change.was is not None and fold(change.was.strip()) != fold(current.value.strip()):
+            return ""  # "don't call me Sam" while the stored name is not Sam
+        await store.delete_preference(user, change.key)
+        return describe(change)
+    try:
+        value = normalise_preference(change.key, change.value)
+    except PreferenceValueError as error:
+        log.warning("memory: learned %s preference left out: %s", change.key, error)
+        return ""
+    if current is not None and current.value == value:
+        return ""  # said again: nothing new to announce
+    await store.set_preference(user, change.key, value, "learned")
+    return describe(PreferenceChange(change.key, value, change.evidence, change.was))
+
+
+def _same_text(text: str) -> str:
+    """``text`` as compared for duplicates: case, punctuation and spacing left out."""
+    return " ".join(re.sub(r"[^\w\s]", "", text.casefold()).split())
+
+
+async def _stored_copy(memories: Memories, user: UserKey, text: str) -> Memory | None:
+    """The memory of ``user`` that already says ``text`` (same words, see ``_same_text``);
+    None for a text too long to be a memory (``remember`` refuses it, saying why).
+
+    Text, not score, decides: with all-MiniLM-L6-v2 two different facts score up to 0.96
+    ("is 34 years old" / "is 35 years old") and a restatement as low as 0.955, so no score
+    threshold tells a repeat from an update. An exact repeat scores near 1, so it is always
+    among the few closest: those are compared, never the whole list."""
+    if len(" ".join(text.split())) > MAX_MEMORY_CHARS:
+        return None
+    wanted = _same_text(text)
+    for memory in await memories.recall(user, text, k=DUPLICATE_CANDIDATES):
+        if _same_text(memory.text) == wanted:
+            return memory
+    return None
+
+
+async def _remember_new(memories: Memories, user: UserKey, text: str) -> Memory | None:
+    """Store ``text`` as a memory of ``user`` unless it is already stored (then None)."""
+    if await _stored_copy(memories, user, text) is not None:
+        return None
+    return await memories.remember(user, text)
+
+
+# -- /prefs -------------------------------------------------------------------------------------
 
 
 async def preferences(context: CommandContext) -> str:
@@ -54,11 +206,68 @@ async def preferences(context: CommandContext) -> str:
     return USAGE
 
 
+# -- /remember, /memories, /forget -----------------------------------------------------------
+
+
+async def remember(context: CommandContext) -> str:
+    """``/remember TEXT``: store a memory as the user wrote it."""
+    if not context.args.strip():
+        return REMEMBER_USAGE
+    memories = context.services.memories
+    user = UserKey.of(context.message.conversation)
+    try:
+        copy = await _stored_copy(memories, user, context.args)
+        if copy is not None:
+            return f"I already remember that (memory {copy.id})."
+        memory = await memories.remember(user, context.args)
+    except MemoryTextError as error:
+        return f"Not remembered: {error}. {REMEMBER_USAGE}"
+    return f"Remembered as memory {memory.id}; /forget {memory.id} removes it."
+
+
+def _shown(memory: Memory) -> str:
+    text = memory.text
+    if len(text) > SHOWN_CHARS:
+        text = text[: SHOWN_CHARS - 1].rstrip() + "…"
+    return f"  {memory.id}  {memory.created:%Y-%m-%d}  {text}"
+
+
+async def list_memories(context: CommandContext) -> str:
+    """``/memories``: the user's memories with their ids and dates, newest last."""
+    stored = await context.services.memories.list(UserKey.of(context.message.conversation))
+    if not stored:
+        return "No memories yet. Tell me things about you, or use /remember TEXT."
+    lines = [f"What I remember about you ({len(stored)}; id, date, text):"]
+    hidden = len(stored) - MEMORIES_SHOWN
+    if hidden > 0:
+        lines.append(f"  … {hidden} older not shown")
+    lines += [_shown(memory) for memory in stored[-MEMORIES_SHOWN:]]
+    lines.append("Remove one with /forget ID.")
+    return "\n".join(lines)
+
+
+async def forget(context: CommandContext) -> str:
+    """``/forget ID``: remove one of the user's memories."""
+    given = context.args.strip().removeprefix("#")
+    if not given:
+        return FORGET_USAGE
+    if not given.isascii() or not given.isdigit():
+        return f"{given[:40]!r} is not a memory id. {FORGET_USAGE}"
+    memory_id = int(given)
+    user = UserKey.of(context.message.conversation)
+    if 0 < memory_id <= _MAX_ID and await context.services.memories.forget(user, memory_id):
+        return f"Forgot memory {memory_id}."
+    return f"You have no memory {memory_id}; /memories lists yours."
+
+
 @hookimpl
 def register_commands(register: Callable[[Command], None]) -> None:
     register(
         Command("prefs", "show or set your preferences: /prefs set language French", preferences)
     )
+    register(Command("remember", "keep a memory: /remember my sister is called Ana", remember))
+    register(Command("memories", "list what I remember about you, with ids", list_memories))
+    register(Command("forget", "remove one memory: /forget 12 (ids from /memories)", forget))
     register(forget_me_command())
 
 

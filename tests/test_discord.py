@@ -228,6 +228,61 @@ async def test_a_long_reply_is_split_under_2000_characters_with_code_blocks_reop
     assert squashed.sub("", "".join(texts)) == squashed.sub("", LONG_REPLY)
 
 
+class _MentioningNotice:
+    """A plugin whose notice holds mentions and markdown, as a user's words can."""
+
+    @hookimpl
+    def reply_finished(self) -> str:
+        return f"noted: <@{USER_ID}> @everyone *bold* __under__"
+
+
+async def test_a_notice_is_added_under_the_reply_as_small_escaped_text(
+    isolated_env: Path, new_app: AppFactory, server: FakeDiscord
+) -> None:
+    plugins = {"mentioning": _MentioningNotice()}
+    async with bot(new_app, isolated_env, server, plugins=plugins, edit_interval=0.1):
+        asked = await server.post(f"{MENTION} call me Sam", mentions=[BOT])
+        (reply,) = await server.wait_until(
+            lambda: (p := server.replies_to(asked)) and p[0]["content"].count("-# ") == 2 and p,
+            "the reply with its notes",
+        )
+    lines = reply["content"].split("\n")
+    assert lines[0] == "You said: call me Sam"
+    assert sorted(lines[1:]) == sorted(
+        [
+            "-# noted: I'll call you Sam — say \"don't call me Sam\" to undo.",
+            f"-# noted: <@{USER_ID}> @everyone \\*bold\\* \\_\\_under\\_\\_",
+        ]
+    )
+    assert reply["versions"][-2] == "You said: call me Sam"  # the reply first, then its notes
+    sent = [
+        *server.calls("POST", f"/channels/{CHANNEL_ID}/messages"),
+        *server.calls("PATCH", rf"/channels/{CHANNEL_ID}/messages/\d+"),
+    ]
+    assert len(sent) >= 2
+    assert all(r.body["allowed_mentions"]["parse"] == [] for r in sent)  # nobody is pinged
+
+
+async def test_a_notice_that_does_not_fit_the_last_message_follows_it(
+    isolated_env: Path, new_app: AppFactory, server: FakeDiscord
+) -> None:
+    backend = FakeBackend()
+    long = "my dog is called Rex " + "x" * 1980  # the reply echoes it: 1,990 characters
+    backend.enqueue(["You said: " + long[:1980]])
+    async with bot(new_app, isolated_env, server, backend, edit_interval=0.1):
+        asked = await server.post(f"{MENTION} my dog is called Rex", mentions=[BOT])
+        parts = await server.wait_until(
+            lambda: (p := server.replies_to(asked)) and len(p) == 2 and p,
+            "the reply and a note after it",
+        )
+    assert parts[0]["content"] == "You said: " + long[:1980]
+    assert re.fullmatch(
+        r"-# noted: The user's dog is called Rex\. — memory \d+; /forget \d+ undoes it\.",
+        parts[1]["content"],
+    )
+    assert all(len(p["content"]) <= 2000 for p in parts)
+
+
 async def test_rate_limits_are_waited_out_with_nothing_lost_or_doubled(
     isolated_env: Path, new_app: AppFactory, server: FakeDiscord
 ) -> None:
@@ -433,7 +488,16 @@ async def test_every_command_is_a_slash_command_answered_only_to_the_user(
 ) -> None:
     async with bot(new_app, isolated_env, server, plugins={"shout": _Shout()}):
         synced = {c["name"]: c for c in server.commands}
-        assert set(synced) == {"forget-me", "help", "prefs", "reset", "shout"}
+        assert set(synced) == {
+            "forget-me",
+            "help",
+            "prefs",
+            "reset",
+            "shout",
+            "remember",
+            "memories",
+            "forget",
+        }
         assert synced["shout"]["description"] == "say it loud"
         assert [o["name"] for o in synced["shout"]["options"]] == ["text"]
 

@@ -53,7 +53,15 @@ async def test_builtins_load_and_register(settings: Settings) -> None:
     }
     assert host.backends.names() == ["fake", "transformers"]
     assert host.adapters.names() == ["discord", "terminal", "websocket"]
-    assert host.commands.names() == ["forget-me", "help", "prefs", "reset"]
+    assert host.commands.names() == [
+        "forget",
+        "forget-me",
+        "help",
+        "memories",
+        "prefs",
+        "remember",
+        "reset",
+    ]
     assert host.commands.owner("reset") == "commands"
     assert host.infos["commands"].registered == {"command": ["help", "reset"]}
 
@@ -262,7 +270,15 @@ async def test_installed_plugin_named_like_a_builtin_never_displaces_it(
     host = await _loaded(settings)
     assert host.infos["commands"].status == "loaded"
     assert host.infos["commands"].source == "built-in"
-    assert host.commands.names() == ["forget-me", "help", "prefs", "reset"]
+    assert host.commands.names() == [
+        "forget",
+        "forget-me",
+        "help",
+        "memories",
+        "prefs",
+        "remember",
+        "reset",
+    ]
     (clash,) = [i for n, i in host.infos.items() if n.startswith("commands (impostor")]
     assert clash.status == "failed" and "already loaded" in (clash.error or "")
 

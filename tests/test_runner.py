@@ -275,7 +275,15 @@ async def test_adapters_get_the_narrow_surface_only(
     fields = {f.name for f in dataclasses.fields(context)}
     assert fields == {"name", "settings", "chat", "home", "stopping", "interrupts_to", "metrics"}
     assert not hasattr(context.chat, "engine") and not hasattr(context.chat, "store")
-    assert [c.name for c in context.chat.commands()] == ["forget-me", "help", "prefs", "reset"]
+    assert [c.name for c in context.chat.commands()] == [
+        "forget",
+        "forget-me",
+        "help",
+        "memories",
+        "prefs",
+        "remember",
+        "reset",
+    ]
     assert isinstance(context.settings, EchoSettings)
 
 

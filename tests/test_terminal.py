@@ -13,6 +13,7 @@ import pytest
 from prompt_toolkit.input import PipeInput
 from typer.testing import CliRunner
 
+from chatcore import hookimpl
 from chatcore.adapters.terminal import TerminalAdapter, login_name
 from chatcore.app import App, create_app
 from chatcore.cli import app as cli
@@ -61,6 +62,26 @@ def test_cut_reply_is_flagged_on_stderr(monkeypatch: pytest.MonkeyPatch) -> None
     assert result.exit_code == 0
     assert result.stdout == "You said:\n"
     assert "(reply cut at generation.max_new_tokens)" in result.stderr
+
+
+def test_piped_chat_shows_what_was_noted_on_stderr_after_the_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
+    monkeypatch.setenv("CHATCORE_MEMORY__EMBEDDER", "hashing")
+    result = runner.invoke(
+        cli, ["chat"], input="call me Sam\nmy dog is called Rex\n/memories\nhello\n"
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()  # the replies alone: notices stay out of the way
+    assert lines[:2] == ["You said: call me Sam", "You said: my dog is called Rex"]
+    assert lines[-1] == "You said: hello"
+    assert "\x1b" not in result.stderr  # dim only on a terminal
+    assert result.stderr.splitlines() == [
+        "noted: I'll call you Sam — say \"don't call me Sam\" to undo.",
+        "noted: The user's dog is called Rex. — memory 1; /forget 1 undoes it.",
+    ]
+    assert any(line.endswith("  The user's dog is called Rex.") for line in lines)
 
 
 def test_reply_budget_larger_than_the_window_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,6 +137,29 @@ async def test_interactive_chat_ends_on_ctrl_d(app: App, pipe: PipeInput) -> Non
     assert await asyncio.wait_for(adapter.run(), 10) == 0
     assert adapter.user == login_name()
     assert "You said: hi" in out.getvalue()
+
+
+class _Noting:
+    """A plugin whose notice tries to drive the terminal."""
+
+    @hookimpl
+    def reply_finished(self) -> str:
+        return "noted: \x1b]0;pwned\x07 [bold]not markup[/bold] :dog:\nsecond line"
+
+
+async def test_a_notice_is_shown_after_the_reply_harmless(
+    app: App, pipe: PipeInput, isolated_env: Path
+) -> None:
+    app.plugins.add_plugin(_Noting(), "noting")
+    await app.plugins.collect("noting")
+    out, err = io.StringIO(), io.StringIO()
+    adapter = interactive_terminal(app, pipe, stdout=out, stderr=err)
+    pipe.send_text("hello\r/quit\r")
+    assert await asyncio.wait_for(adapter.run(), 10) == 0
+    assert "bot> You said: hello\n" in out.getvalue()
+    shown = err.getvalue()
+    assert "noted: ␛]0;pwned␇ [bold]not markup[/bold] :dog:\nsecond line\n" in shown
+    assert "\x1b" not in shown
 
 
 async def test_ctrl_c_stops_the_reply_but_not_the_chat(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Dialog, async_playwright, expect
 
+from chatcore import hookimpl
 from chatcore.config import GenerationSettings
 from chatcore.generation.fake import FakeBackend
 from chatcore.generation.types import ChatMessage, Chunk
@@ -118,6 +119,41 @@ async def test_the_page_streams_replies_and_shows_html_as_text(
     await page.fill("#text", "back again")
     await page.press("#text", "Enter")
     await expect(page.locator(".msg.bot").nth(2)).to_have_text("You said: back again")
+
+
+class _HtmlNotice:
+    """A plugin whose notice holds HTML: it must show as text."""
+
+    @hookimpl
+    def reply_finished(self) -> str:
+        return "noted: " + XSS + " <b>bold</b>"
+
+
+async def test_notices_show_as_notes_under_their_reply_as_text(
+    serve: Serve, browser: Browser
+) -> None:
+    served = await serve()
+    served.app.plugins.add_plugin(_HtmlNotice(), "html-notice")
+    await served.app.plugins.collect("html-notice")
+    page = await browser.new_page()
+    await page.goto(f"{served.base}/#token=secret-1")
+    await expect(page.locator("#status")).to_have_text("Connected as alice")
+    await page.fill("#text", "call me Sam")
+    await page.press("#text", "Enter")
+    notes = page.locator(".msg.bot + .note, .msg.bot + .note + .note")
+    await expect(notes).to_have_count(2)
+    texts = await notes.all_text_contents()
+    assert sorted(texts) == sorted(
+        [
+            "noted: I'll call you Sam — say \"don't call me Sam\" to undo.",
+            f"noted: {XSS} <b>bold</b>",
+        ]
+    )
+    assert await page.locator("#log img, #log b").count() == 0
+    await page.fill("#text", "/help")  # a command: no notes
+    await page.press("#text", "Enter")
+    await expect(page.locator(".msg.bot").nth(1)).to_contain_text("/remember")
+    assert await page.locator(".note").count() == 2
 
 
 async def test_the_page_asks_for_a_token_and_shows_limit_errors(

@@ -107,6 +107,30 @@ async def test_commands_and_engine_errors_come_back_as_frames(
     assert served.backend.calls == []
 
 
+async def test_what_was_noted_comes_as_a_notice_frame_after_the_reply(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    served = await serve()
+    ws = await connect_ready(client, served)
+    await ws.send_json({"type": "message", "id": "n1", "text": "call me Sam", "conversation": "c"})
+    frames = await collect(ws, lambda frames: frames[-1]["type"] == "notice")
+    assert [f["type"] for f in frames][-2:] == ["reply", "notice"]
+    assert frames[-1] == {
+        "type": "notice",
+        "id": "n1",
+        "conversation": "c",
+        "text": "noted: I'll call you Sam — say \"don't call me Sam\" to undo.",
+    }
+    await ws.send_json({"type": "message", "id": "n2", "text": "hello"})  # nothing noted
+    assert [f["type"] for f in await until_final(ws, "n2")][-1] == "reply"
+    metrics = await (await client.get(f"{served.base}/metrics")).text()
+    # A notice is neither a reply nor an error.
+    assert 'chatcore_replies_total{adapter="websocket"} 2.0' in metrics
+    assert 'chatcore_errors_total{adapter="websocket"' not in metrics
+    # Not in flight once the reply frame is out, even while its notices are being made.
+    assert 'chatcore_replies_in_flight{adapter="websocket"} 0.0' in metrics
+
+
 async def test_cancel_stops_the_generation_and_the_socket_stays_usable(
     serve: Serve, client: aiohttp.ClientSession
 ) -> None:

@@ -25,6 +25,8 @@
   let maxBytes = 16384;
   let counter = 0;
   const inFlight = new Map(); // client message id -> {bubble, user}
+  const answered = new Map(); // client message id -> its reply bubble, for notices after it
+  const ANSWERED_KEPT = 100;
 
   // -- the token: kept in this browser only (session, or local storage when remembered) -----
 
@@ -99,8 +101,32 @@
   }
 
   function finish(id) {
+    const entry = inFlight.get(id);
+    if (entry) {
+      answered.set(id, entry.bubble);
+      if (answered.size > ANSWERED_KEPT) answered.delete(answered.keys().next().value);
+    }
     inFlight.delete(id);
     updateButtons();
+  }
+
+  function addNote(id, text) {
+    // A notice ("noted: ...") goes under its reply, after any notes it already has.
+    const follow = atBottom();
+    const note = document.createElement("div");
+    note.className = "note";
+    note.dataset.reply = id;
+    note.textContent = text;
+    let anchor = answered.get(id);
+    if (anchor && anchor.isConnected) {
+      while (anchor.nextElementSibling && anchor.nextElementSibling.dataset.reply === id) {
+        anchor = anchor.nextElementSibling;
+      }
+      anchor.after(note);
+    } else {
+      log.appendChild(note);
+    }
+    if (follow) log.scrollTop = log.scrollHeight;
   }
 
   // -- the connection ------------------------------------------------------------------------
@@ -231,6 +257,9 @@
       case "error":
         showError(frame, entry);
         break;
+      case "notice":
+        addNote(String(frame.id), String(frame.text));
+        break;
       default:
         break;
     }
@@ -307,6 +336,7 @@
   $("new-chat").addEventListener("click", () => {
     sessionStorage.setItem(CONVERSATION_KEY, "c-" + Math.random().toString(36).slice(2, 12));
     log.replaceChildren();
+    answered.clear();
     showNotice("");
   });
   remember.checked = localStorage.getItem(TOKEN_KEY) !== null;

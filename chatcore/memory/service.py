@@ -5,8 +5,10 @@ store and the recall index in step, so callers never touch either alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from chatcore.config import MemorySettings
 from chatcore.memory.base import ConversationStore, Memory, UserKey
@@ -45,6 +47,7 @@ class Memories:
         self._recall = MemoryRecall[UserKey](
             embedder or make_embedder(settings), self._rows, min_score=settings.min_score
         )
+        self._tracked: set[asyncio.Task[Any]] = set()
 
     @property
     def embedder(self) -> Embedder:
@@ -90,10 +93,21 @@ class Memories:
         self._recall.forget_user(user)
 
     async def close(self) -> None:
-        """Cancel index builds in flight and drop the cached indexes."""
+        """Cancel index builds and tracked work in flight and drop the cached indexes."""
+        tracked = list(self._tracked)
+        for task in tracked:
+            task.cancel()
+        if tracked:
+            await asyncio.wait(tracked)
         await self._recall.close()
 
     async def _rows(self, user: UserKey) -> Sequence[StoredEmbedding]:
         return [
             StoredEmbedding(m.id, m.embedding, m.dim) for m in await self.store.list_memories(user)
         ]
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Hold ``task``, work on memories that may outlive the hook or command that began it
+        (a first store waits for the embedder to load), until it ends; ``close`` cancels it."""
+        self._tracked.add(task)
+        task.add_done_callback(self._tracked.discard)
