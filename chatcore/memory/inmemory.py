@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from chatcore.events import ChatMessage, ConversationKey
@@ -21,6 +22,7 @@ from chatcore.memory.base import (
     UserKey,
     embedding_dim,
 )
+from chatcore.memory.locks import ConversationLocks
 
 
 def _now() -> datetime:
@@ -42,6 +44,7 @@ class InMemoryConversationStore:
         self._preferences: dict[UserKey, dict[str, Preference]] = {}
         self._memories: dict[UserKey, dict[int, Memory]] = {}
         self._ids = itertools.count(1)
+        self._locks = ConversationLocks()
 
     async def history(self, key: ConversationKey) -> list[ChatMessage]:
         if key in self._conversations:
@@ -120,3 +123,10 @@ class InMemoryConversationStore:
 
     async def close(self) -> None:
         self._conversations.clear()
+
+    def conversation_lock(
+        self, key: ConversationKey, wait: float
+    ) -> AbstractAsyncContextManager[None]:
+        """Within the process only: what this store holds lives in this process, so no other
+        process can read or write the conversation."""
+        return self._locks.hold(key, wait)
