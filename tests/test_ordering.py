@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -171,6 +173,11 @@ async def test_a_stopped_reply_gives_its_conversation_back(
             pass
     finally:
         await other.close()
+    folder = isolated_env / "chatcore.db-locks"  # private, and nothing about users in names
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = list(folder.iterdir())
+    assert len(files) == 1 and re.fullmatch(r"\d{4}\.lock", files[0].name)
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
 
 
 class _GatedLocks:

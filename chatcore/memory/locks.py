@@ -169,11 +169,12 @@ class ConversationLocks:
             await asyncio.shield(self._unlock_soon(handle))
         finally:
             now = asyncio.get_running_loop().time()
-            self._released[key] = now
-            for old, when in list(self._released.items()):
-                if when + HANDOFF > now:
+            self._released.pop(key, None)
+            self._released[key] = now  # last, so the oldest come first
+            while (oldest := next(iter(self._released))) != key:
+                if self._released[oldest] + HANDOFF > now:
                     break
-                del self._released[old]
+                del self._released[oldest]
 
     def _unlock_soon(self, handle: int) -> asyncio.Future[None]:
         assert self.across is not None
