@@ -101,6 +101,8 @@ class StorageSettings(_Section):
 
     url: str = ""
     max_conversations_in_memory: int = Field(10_000, ge=1)
+    conversation_wait: float = Field(120.0, ge=0.0, le=3600.0)
+    """Seconds a message waits while another process handles its conversation."""
 
     @field_validator("url")
     @classmethod

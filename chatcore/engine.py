@@ -1,7 +1,8 @@
 """The engine: turns one inbound ``Message`` into a stream of reply events.
 
 It composes a conversation store, a context builder, a backend and the plugin host; messages of
-one conversation are handled in arrival order, different conversations concurrently.
+one conversation are handled in arrival order, one at a time also across processes that share
+the database (the store's conversation lock); different conversations concurrently.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -37,7 +39,7 @@ from chatcore.events import (
     Usage,
 )
 from chatcore.generation.types import Backend, GenerationError
-from chatcore.memory.base import ConversationStore, UserKey
+from chatcore.memory.base import ConversationBusyError, ConversationStore, UserKey
 from chatcore.memory.learn import prompt_lines
 from chatcore.memory.service import Memories
 from chatcore.plugins import PluginFault, PluginHost
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 _END = None
 STOPPED = "The reply was stopped before it finished."
 SHUTTING_DOWN = "Stopped: the bot is shutting down. What was written so far is kept."
+BUSY = "This conversation is still busy with an earlier message; send yours again in a moment."
 
 
 @dataclass(eq=False)
@@ -219,14 +222,24 @@ class Engine:
         try:
             if previous is not None:
                 await asyncio.wait([previous])
-            await self.plugins.call("message_received", message=message, services=self.services)
-            command = parse_command(message.text)
-            if command is not None:
-                request.emit(await self._run_command(message, *command))
-            else:
-                await self._chat(request)
+            async with self._conversation(message.conversation):
+                await self.plugins.call("message_received", message=message, services=self.services)
+                command = parse_command(message.text)
+                if command is not None:
+                    request.emit(await self._run_command(message, *command))
+                else:
+                    await self._chat(request)
+        except ConversationBusyError as busy:
+            log.warning("message %s: %s", message.id, busy)
+            request.emit(ReplyError(message.id, "conversation_busy", BUSY))
         except Exception:
             request.emit(_logged_failure(message, "internal_error", "Something went wrong"))
+
+    def _conversation(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
+        """Hold the conversation against other processes sharing the database, once this
+        process's earlier messages of it are done: commands too (a ``/reset`` must not cut a
+        turn in half). ``ConversationBusyError`` past ``storage.conversation_wait``."""
+        return self.store.conversation_lock(key, self.settings.storage.conversation_wait)
 
     async def _recalled(self, user: UserKey, text: str) -> list[str]:
         """The texts of the user's memories closest to ``text`` (none when recall fails: the

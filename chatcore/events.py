@@ -110,6 +110,7 @@ ErrorCode = Literal[
     "backend_error",
     "internal_error",
     "cancelled",
+    "conversation_busy",
 ]
 
 

@@ -57,7 +57,14 @@ def secure_tree(root: Path) -> list[str]:
     return problems
 
 
-HOME_ENTRIES = ("models", "terminal_history", "chatcore.db", "chatcore.db-wal", "chatcore.db-shm")
+HOME_ENTRIES = (
+    "models",
+    "terminal_history",
+    "chatcore.db",
+    "chatcore.db-wal",
+    "chatcore.db-shm",
+    "chatcore.db-locks",
+)
 """What chatcore keeps in its data directory; nothing else there is touched."""
 
 

@@ -27,7 +27,14 @@ from typer.testing import CliRunner
 
 from chatcore.cli import app as cli
 from chatcore.events import ChatMessage, ConversationKey
-from chatcore.memory.base import ConversationStore, ErasedCounts, StoreError, UserKey, counts_of
+from chatcore.memory.base import (
+    ConversationBusyError,
+    ConversationStore,
+    ErasedCounts,
+    StoreError,
+    UserKey,
+    counts_of,
+)
 from chatcore.memory.database import is_transient, retrying
 from chatcore.memory.inmemory import InMemoryConversationStore
 from chatcore.memory.schema import (
@@ -638,3 +645,96 @@ async def test_prune_deletes_only_messages_older_than_the_cutoff(
     if kind != "memory":  # the in-memory store keeps no user apart from their data
         assert bob is not None and bob["conversations"] == []  # emptied: gone; the user stays
     assert await store.prune_messages(cutoff) == 0
+
+
+# Conversation locks: one message of a conversation at a time (tests/test_ordering.py has the
+# cross-process tests).
+
+
+async def _busy(store: ConversationStore, key: ConversationKey = KEY) -> bool:
+    """Whether the conversation's lock is held elsewhere (one attempt, no waiting)."""
+    try:
+        async with store.conversation_lock(key, 0):
+            return False
+    except ConversationBusyError:
+        return True
+
+
+async def test_a_conversation_lock_is_held_until_it_is_given_back(
+    store: ConversationStore,
+) -> None:
+    other = ConversationKey("terminal", "dm", "alex")
+    async with store.conversation_lock(KEY, 5):
+        assert await _busy(store)
+        assert not await _busy(store, other)  # other conversations go on
+        with pytest.raises(ConversationBusyError, match=r"busy.*storage\.conversation_wait"):
+            async with store.conversation_lock(KEY, 0.05):
+                pass
+    assert not await _busy(store)
+
+
+async def test_a_waiter_gets_the_lock_once_it_is_given_back(store: ConversationStore) -> None:
+    order: list[str] = []
+    holding = asyncio.Event()
+
+    async def first() -> None:
+        async with store.conversation_lock(KEY, 5):
+            holding.set()
+            await asyncio.sleep(0.05)
+            order.append("first done")
+
+    async def second() -> None:
+        await holding.wait()
+        async with store.conversation_lock(KEY, 30):
+            order.append("second in")
+
+    await asyncio.gather(first(), second())
+    assert order == ["first done", "second in"]
+
+
+async def test_a_cancelled_waiter_gives_back_nothing_it_did_not_take(
+    store: ConversationStore,
+) -> None:
+    async with store.conversation_lock(KEY, 5):
+        entered = []
+
+        async def wait() -> None:
+            async with store.conversation_lock(KEY, 30):
+                entered.append(True)
+
+        waiter = asyncio.create_task(wait())
+        await asyncio.sleep(0.05)  # waiting by now (and if not, cancelled before it waits)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert await _busy(store) and not entered
+    assert not await _busy(store)
+
+
+async def test_stores_on_one_database_take_turns_like_processes(
+    sql_stores: Callable[[], SqlStore],
+) -> None:
+    """Each store stands for a process: its locks are its own (a file it opened, a database
+    session of its own), so a waiter in one, cancelled, leaves the other's lock alone."""
+    one, two, three = sql_stores(), sql_stores(), sql_stores()
+    async with one.conversation_lock(KEY, 5):
+        assert await _busy(two)
+        waiter = asyncio.create_task(_busy_until_cancelled(two))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert await _busy(three) and await _busy(two)
+        handed = asyncio.create_task(_enter(three, 30))
+    assert await handed  # the waiter in another "process" got it once it was free
+    assert not await _busy(two)
+
+
+async def _busy_until_cancelled(store: SqlStore) -> None:
+    async with store.conversation_lock(KEY, 300):
+        raise AssertionError("the lock was held elsewhere")
+
+
+async def _enter(store: SqlStore, wait: float) -> bool:
+    async with store.conversation_lock(KEY, wait):
+        return True

@@ -7,6 +7,7 @@ Two implementations: ``SqlStore`` (SQLite or PostgreSQL, durable) and the in-mem
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -19,6 +20,11 @@ PreferenceSource = Literal["explicit", "learned"]
 
 class StoreError(Exception):
     """The database cannot be used; the message says which one and what to check."""
+
+
+class ConversationBusyError(Exception):
+    """A conversation's lock was not free within the time allowed: another message of it is
+    being handled (in this process or another one sharing the database)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,16 @@ class ConversationStore(Protocol):
     async def prune_messages(self, before: datetime) -> int:
         """Delete every message stored before ``before``, and the conversations (with their
         summaries) left without messages; return how many messages went."""
+        ...
+
+    # Ordering
+    def conversation_lock(
+        self, key: ConversationKey, wait: float
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the conversation while one message of it is handled (history read, generation,
+        append), against every holder that shares this store's data, other processes
+        included. Entering waits at most ``wait`` seconds, then raises
+        ``ConversationBusyError``; leaving gives the lock back, also when cancelled."""
         ...
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from chatcore.memory.base import (
     embedding_dim,
 )
 from chatcore.memory.export import document, iso
+from chatcore.memory.locks import ConversationLocks
 
 
 def _now() -> datetime:
@@ -45,6 +47,7 @@ class InMemoryConversationStore:
         self._preferences: dict[UserKey, dict[str, Preference]] = {}
         self._memories: dict[UserKey, dict[int, Memory]] = {}
         self._ids = itertools.count(1)
+        self._locks = ConversationLocks()
 
     async def history(self, key: ConversationKey) -> list[ChatMessage]:
         if key in self._conversations:
@@ -190,6 +193,13 @@ class InMemoryConversationStore:
                 del self._conversations[key]
                 self._summaries.pop(key, None)
         return pruned
+
+    def conversation_lock(
+        self, key: ConversationKey, wait: float
+    ) -> AbstractAsyncContextManager[None]:
+        """Within the process only: what this store holds lives in this process, so no other
+        process can read or write the conversation."""
+        return self._locks.hold(key, wait)
 
 
 def _number(message_id: str | None) -> int | str | None:

@@ -11,11 +11,13 @@ import dataclasses
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -43,6 +45,7 @@ from chatcore.memory.database import (
     upgrade,
 )
 from chatcore.memory.export import export_rows
+from chatcore.memory.locks import AdvisoryLocks, ConversationLocks, CrossProcessLocks, FileLocks
 from chatcore.memory.schema import ConversationRow, MemoryRow, MessageRow, PreferenceRow, UserRow
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class SqlStore:
         self._opening: asyncio.Future[None] | None = None
         self._closed = False
         self._operations: set[asyncio.Future[Any]] = set()
+        self._locks = ConversationLocks(_cross_process_locks(self.url))
 
     @property
     def dialect(self) -> str:
@@ -381,7 +385,10 @@ class SqlStore:
             _, running = await asyncio.wait(self._operations, timeout=CLOSE_TIMEOUT)
             if running:
                 log.warning("closing the store with %d operations still running", len(running))
-        await self.engine.dispose()
+        try:
+            await self._locks.close()
+        finally:
+            await self.engine.dispose()
 
     # Privacy
 
@@ -520,6 +527,25 @@ class SqlStore:
         opened = await session.scalar(_open_conversation(key))
         assert opened is not None
         return opened
+
+    # Ordering
+
+    def conversation_lock(
+        self, key: ConversationKey, wait: float
+    ) -> AbstractAsyncContextManager[None]:
+        """Across processes: on SQLite, file locks in the private folder ``<database>-locks``
+        beside the database file; on PostgreSQL, advisory locks on a connection of their own
+        (docs/memory.md, "Several processes")."""
+        return self._locks.hold(key, wait)
+
+
+def _cross_process_locks(url: URL) -> CrossProcessLocks | None:
+    """What orders a conversation across the processes that share the database at ``url``;
+    None for an in-memory SQLite database, which only this process can open."""
+    if url.get_backend_name() == "postgresql":
+        return AdvisoryLocks(url)
+    path = sqlite_path(url)
+    return None if path is None else FileLocks(path.with_name(f"{path.name}-locks"))
 
 
 def _user_query(user: UserKey) -> Select[int]:
