@@ -40,6 +40,7 @@ from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.base import ConversationStore, UserKey
 from chatcore.memory.learn import prompt_lines
 from chatcore.memory.service import Memories
+from chatcore.memory.summary import ExtractiveSummarizer, RollingSummaries
 from chatcore.plugins import PluginFault, PluginHost
 from chatcore.services import Services
 from chatcore.text import clean_input
@@ -129,6 +130,7 @@ class Engine:
         self.memories = memories or Memories(store, settings.memory)
         self.services = Services(settings, store, self.memories)
         """What hooks and commands get: never the engine itself."""
+        self.summaries = RollingSummaries(store, enabled=settings.memory.summaries)
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,13 +156,17 @@ class Engine:
                 )
                 context.check_system_prompt(self.settings.context.system_prompt)
                 self._context = context
+                if self.summaries.summarizer is None:
+                    self.summaries.summarizer = ExtractiveSummarizer(
+                        context.summary_cap, context.text_cost
+                    )
 
     def stop(self) -> asyncio.Future[Any]:
         """Take no more messages and stop every one in flight or queued: each stream ends with
         a ``cancelled`` error saying the bot is shutting down, and each partial reply is
-        stored. Returns when all of them have ended."""
+        stored; summaries in the making are dropped. Returns when all of them have ended."""
         self._stopping = True
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self.summaries.stop()]
         for task in tasks:
             task.cancel()
         return asyncio.gather(*(asyncio.wait([t]) for t in tasks))
@@ -282,7 +288,8 @@ class Engine:
     async def _chat(self, request: _Request) -> None:
         message = request.message
         key = message.conversation
-        history = await self.store.history(key)
+        # What the summary covers is not repeated: the prompt gets only the newer messages.
+        rolling, history = await self.summaries.current(key, await self.store.history(key))
         extras = []
         extensions = await self.plugins.call(
             "extend_system_prompt", message=message, services=self.services
@@ -301,6 +308,7 @@ class Engine:
         sections = Sections(
             self.settings.context.system_prompt.strip(),
             preferences=prompt_lines({name: p.value for name, p in stored.items()}),
+            summary="" if rolling is None else rolling.text,
             extensions=extras,
             recalled=await self._recalled(user, message.text),
         )
@@ -351,6 +359,7 @@ class Engine:
             kept = await asyncio.shield(self.store.append(key, turn))
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
+        self.summaries.update(key, rolling, history, prompt.dropped)
         await self._record_costs(key, kept)
         notices = await self.plugins.call(
             "reply_finished", message=message, reply=reply, services=self.services
