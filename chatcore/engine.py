@@ -130,7 +130,11 @@ class Engine:
         self.memories = memories or Memories(store, settings.memory)
         self.services = Services(settings, store, self.memories)
         """What hooks and commands get: never the engine itself."""
-        self.summaries = RollingSummaries(store, enabled=settings.memory.summaries)
+        self.summaries = RollingSummaries(
+            store,
+            enabled=settings.memory.summaries,
+            history_limit=settings.context.history_limit,
+        )
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -359,7 +363,7 @@ class Engine:
             kept = await asyncio.shield(self.store.append(key, turn))
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
-        self.summaries.update(key, rolling, history, prompt.dropped)
+        self.summaries.update(key, rolling, [*history, *kept], prompt.dropped)
         await self._record_costs(key, kept)
         notices = await self.plugins.call(
             "reply_finished", message=message, reply=reply, services=self.services

@@ -228,6 +228,44 @@ async def test_reset_starts_without_a_summary(isolated_env: Path, new_app: AppFa
     assert HEADING not in backend.calls[-1].messages[0].content
 
 
+async def test_a_summary_made_before_a_reset_is_not_kept(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    app, _ = await chat_app(isolated_env, new_app)
+    blocking = Blocking()
+    app.engine.summaries.summarizer = blocking
+    turn = 0
+    while not blocking.started.is_set():
+        assert turn < 40
+        await collect(app.engine.handle(msg(f"message number {turn}")))
+        turn += 1
+    await collect(app.engine.handle(msg("/reset")))
+    await collect(app.engine.handle(msg("a new start")))
+    blocking.release.set()
+    await app.engine.summaries.wait()
+    assert await app.engine.store.get_summary(KEY) is None
+
+
+async def test_messages_past_the_history_limit_are_summarised_too(
+    isolated_env: Path, new_app: AppFactory, store: ConversationStore
+) -> None:
+    settings = make_settings(isolated_env, context={"history_limit": 6})
+    if isinstance(store, SqlStore):
+        store = SqlStore(store.url.render_as_string(hide_password=False), history_limit=6)
+    else:
+        store = InMemoryConversationStore(limit=6)
+    backend = FakeBackend()  # a wide window: no turn falls out of the prompt
+    app = await new_app(settings, backend=backend, store=store)
+    await app.start()
+    for turn in range(5):
+        await say(app, f"message number {turn}")
+    summary = await store.get_summary(KEY)
+    assert summary is not None and "- The user: message number 1" in summary.text
+    await say(app, "next")
+    system = backend.calls[-1].messages[0].content
+    assert "message number 0" in system and "message number 1" in system
+
+
 # -- the pieces ----------------------------------------------------------------------------------
 
 

@@ -100,11 +100,17 @@ def uncovered(history: Sequence[ChatMessage], summary: Summary | None) -> list[C
 class RollingSummaries:
     """Keeps each conversation's rolling summary: reads it for the prompt, and after a reply
     folds the messages the prompt left out into it, in a background task (at most one per
-    conversation) that no reply waits for. Failures are logged; the reply never sees them."""
+    conversation) that no reply waits for. Failures are logged; the reply never sees them.
 
-    def __init__(self, store: ConversationStore, *, enabled: bool = True) -> None:
+    ``history_limit`` is how many messages the store's ``history`` returns: messages about to
+    pass it are folded too, even when the prompt still had room for them."""
+
+    def __init__(
+        self, store: ConversationStore, *, enabled: bool = True, history_limit: int = 200
+    ) -> None:
         self.store = store
         self.enabled = enabled
+        self.history_limit = history_limit
         self.summarizer: Summarizer | None = None
         """Set when the engine starts (it needs the context's tokenizer); tests may replace it."""
         self._tasks: dict[ConversationKey, asyncio.Task[None]] = {}
@@ -131,20 +137,24 @@ class RollingSummaries:
         history: Sequence[ChatMessage],
         dropped: int,
     ) -> None:
-        """Start folding the ``dropped`` oldest messages of ``history`` (what ``current``
-        returned, less what the prompt left out) into ``summary``; returns at once. Skipped
-        while a fold of this conversation runs: the next reply folds what is still left out."""
-        left_out = [m for m in history if m.role != "system"][:dropped]
+        """Start folding into ``summary`` the ``dropped`` oldest messages of ``history`` (the
+        messages ``current`` returned, which the prompt was built from, then the turn just
+        stored) and those the store will no longer return; return at once. Skipped while a
+        fold of this conversation runs: the next reply folds what is still left out."""
+        messages = [m for m in history if m.role != "system"]
+        left_out = messages[: max(dropped, len(messages) - self.history_limit)]
         if (
             not self.enabled
             or self._stopped
             or self.summarizer is None
             or not left_out
             or left_out[-1].id is None
+            or history[-1].id is None
             or key in self._tasks
         ):
             return
-        task = asyncio.create_task(self._fold(self.summarizer, key, summary, left_out))
+        fold = self._fold(self.summarizer, key, summary, left_out, history[-1].id)
+        task = asyncio.create_task(fold)
         self._tasks[key] = task
         task.add_done_callback(partial(self._done, key))
 
@@ -167,15 +177,17 @@ class RollingSummaries:
         key: ConversationKey,
         summary: Summary | None,
         left_out: list[ChatMessage],
+        newest: str,
     ) -> None:
         through = left_out[-1].id
         try:
             text = await summarizer("" if summary is None else summary.text, left_out)
             # Stored only where nothing moved meanwhile: no newer summary (an earlier fold, or
-            # another process) and the same conversation (no /reset). Else the next reply folds.
+            # another process) and the same conversation, which still holds the newest message
+            # (no /reset). Else the next reply folds.
             if await self.store.get_summary(key) != summary:
                 return
-            if not any(m.id == through for m in await self.store.history(key)):
+            if not any(m.id == newest for m in await self.store.history(key)):
                 return
             await self.store.set_summary(key, text, through)
         except Exception:
