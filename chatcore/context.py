@@ -62,20 +62,24 @@ class Sections:
     preferences: Sequence[str] = ()
     """Lines about the user (name, reply language, length, tone); kept whole."""
     summary: str = ""
-    """The rolling summary of turns that no longer fit; kept whole."""
+    """The rolling summary of turns that no longer fit: a heading line, then one line per
+    point, oldest first. Over its share of the budget its oldest lines go first."""
     extensions: Sequence[str] = ()
     """Texts from ``extend_system_prompt`` hooks, trimmed to their share of the budget."""
     recalled: Sequence[str] = ()
     """Recalled memories, most relevant first; the least relevant go first when space is short."""
 
 
+SUMMARY_SHARE = 0.15
+"""Share of the prompt budget the rolling summary may take, so recent turns keep most of it."""
 _CACHE_SIZE = 20_000
 """Token costs of this many distinct messages are remembered."""
 
 
 class ContextBuilder:
     """Builds prompts of at most ``window - reserve`` tokens: the system message (system
-    prompt, preferences, summary, plugin extensions within ``extra_share`` of the budget), the
+    prompt, preferences, summary within ``summary_share`` of the budget, plugin extensions
+    within ``extra_share``), the
     newest whole turns that fit, recalled memories (within the same share) and the new message.
 
     Token costs of history messages are counted once and remembered (or taken from
@@ -83,7 +87,13 @@ class ContextBuilder:
     builds prompts in a worker thread, off the event loop."""
 
     def __init__(
-        self, tokenizer: ChatTokenizer, *, reserve: int, window: int = 0, extra_share: float = 0.25
+        self,
+        tokenizer: ChatTokenizer,
+        *,
+        reserve: int,
+        window: int = 0,
+        extra_share: float = 0.25,
+        summary_share: float = SUMMARY_SHARE,
     ) -> None:
         model_window = tokenizer.context_window
         self.window = min(window, model_window) if window > 0 else model_window
@@ -99,6 +109,8 @@ class ContextBuilder:
             )
         self.tokenizer = tokenizer
         self.extra_share = extra_share
+        self.summary_cap = int(self.budget * summary_share)
+        """Most tokens the rolling summary may take."""
         self._costs: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -127,9 +139,7 @@ class ContextBuilder:
         before it). ``system_prompt`` is the plain system prompt or all the ``Sections``."""
         sections = system_prompt if isinstance(system_prompt, Sections) else Sections(system_prompt)
         stable = "\n\n".join(
-            part
-            for part in (sections.system_prompt, *sections.preferences, sections.summary)
-            if part.strip()
+            part for part in (sections.system_prompt, *sections.preferences) if part.strip()
         )
         tail = [ChatMessage("user", text)]
         bare = self._count([*self._head(stable), ChatMessage("user", "")])
@@ -138,6 +148,10 @@ class ContextBuilder:
         smallest = self._count([*self._head(stable), *tail])
         if smallest > self.budget:
             raise MessageTooLongError(smallest, self.budget, self.window, self.reserve)
+        if sections.summary.strip():
+            room = min(self.summary_cap, self.budget - smallest)
+            stable = self._with_summary(stable, sections.summary, room, tail)
+            smallest = self._count([*self._head(stable), *tail])
 
         # Plugin extensions and recalled memories share ``extra_share`` of the budget, and
         # never more than what is left beside the new message: trimmed, never an error.
@@ -165,6 +179,10 @@ class ContextBuilder:
             - (len(messages) - len(head) - 1),
             trimmed=trimmed,
         )
+
+    def text_cost(self, text: str) -> int:
+        """The tokens ``text`` adds to the system message (about: joins may differ by one)."""
+        return self.cost(ChatMessage("system", text)) - self.cost(ChatMessage("system", ""))
 
     def cost(self, message: ChatMessage, system: str = "") -> int:
         """The tokens ``message`` adds to a prompt (remembered; ``message.tokens`` when set)."""
@@ -257,6 +275,33 @@ class ContextBuilder:
                 kept.append(" ".join(words[:low]) + " …")
             return kept, len(parts) - index
         return kept, 0
+
+    def _with_summary(
+        self, stable: str, summary: str, allowance: int, tail: list[ChatMessage]
+    ) -> str:
+        """``stable`` with the summary joined to it, less the summary's oldest lines (those
+        after its heading) as needed to add at most ``allowance`` tokens; without it when not
+        even the heading and one line fit."""
+        heading, *lines = summary.strip().splitlines()
+        base = self._count([*self._head(stable), *tail])
+
+        def joined(kept: int) -> str:
+            text = "\n".join([heading, *lines[len(lines) - kept :]])
+            return "\n\n".join(p for p in (stable, text) if p.strip())
+
+        def fits(kept: int) -> bool:
+            return self._count([*self._head(joined(kept)), *tail]) - base <= allowance
+
+        if fits(len(lines)):
+            return joined(len(lines))
+        low, high = 0, len(lines) - 1  # the most newest lines that still fit
+        while low < high:
+            middle = (low + high + 1) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle - 1
+        return joined(low) if low else stable
 
     def _fit_recalled(
         self, head: list[ChatMessage], recalled: list[str], allowance: int, text: str

@@ -42,6 +42,7 @@ from chatcore.generation.types import Backend, GenerationError
 from chatcore.memory.base import ConversationBusyError, ConversationStore, UserKey
 from chatcore.memory.learn import prompt_lines
 from chatcore.memory.service import Memories
+from chatcore.memory.summary import ExtractiveSummarizer, RollingSummaries
 from chatcore.plugins import PluginFault, PluginHost
 from chatcore.privacy import Privacy
 from chatcore.services import Services
@@ -134,6 +135,11 @@ class Engine:
         privacy = Privacy(settings, store, self.memories, self.plugins)
         self.services = Services(settings, store, self.memories, privacy)
         """What hooks and commands get: never the engine itself."""
+        self.summaries = RollingSummaries(
+            store,
+            enabled=settings.memory.summaries,
+            history_limit=settings.context.history_limit,
+        )
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -159,13 +165,17 @@ class Engine:
                 )
                 context.check_system_prompt(self.settings.context.system_prompt)
                 self._context = context
+                if self.summaries.summarizer is None:
+                    self.summaries.summarizer = ExtractiveSummarizer(
+                        context.summary_cap, context.text_cost
+                    )
 
     def stop(self) -> asyncio.Future[Any]:
         """Take no more messages and stop every one in flight or queued: each stream ends with
         a ``cancelled`` error saying the bot is shutting down, and each partial reply is
-        stored. Returns when all of them have ended."""
+        stored; summaries in the making are dropped. Returns when all of them have ended."""
         self._stopping = True
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self.summaries.stop()]
         for task in tasks:
             task.cancel()
         return asyncio.gather(*(asyncio.wait([t]) for t in tasks))
@@ -297,7 +307,8 @@ class Engine:
     async def _chat(self, request: _Request) -> None:
         message = request.message
         key = message.conversation
-        history = await self.store.history(key)
+        # What the summary covers is not repeated: the prompt gets only the newer messages.
+        rolling, history = await self.summaries.current(key, await self.store.history(key))
         extras = []
         extensions = await self.plugins.call(
             "extend_system_prompt", message=message, services=self.services
@@ -316,6 +327,7 @@ class Engine:
         sections = Sections(
             self.settings.context.system_prompt.strip(),
             preferences=prompt_lines({name: p.value for name, p in stored.items()}),
+            summary="" if rolling is None else rolling.text,
             extensions=extras,
             recalled=await self._recalled(user, message.text),
         )
@@ -366,6 +378,7 @@ class Engine:
             kept = await asyncio.shield(self.store.append(key, turn))
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
+        self.summaries.update(key, rolling, [*history, *kept], prompt.dropped)
         await self._record_costs(key, kept)
         notices = await self.plugins.call(
             "reply_finished", message=message, reply=reply, services=self.services
