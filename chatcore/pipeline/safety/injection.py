@@ -17,11 +17,13 @@ from urllib.parse import unquote
 from pydantic import Field
 
 from chatcore.pipeline.safety.injection_rules import (
+    CJK_RULES,
     DECODE_AND_OBEY,
     EXTRACTION,
     JAILBREAK,
     OVERRIDE,
     RULES,
+    Rule,
     is_negated,
     is_owner_speaking,
 )
@@ -79,7 +81,14 @@ _LEET = str.maketrans("013457@$|!", "oieastasii")
 _LEET_WORD = re.compile(r"[a-z][013457@$|!]+[a-z]|\b[013457][a-z]{2}", re.IGNORECASE)
 # Letters split by one separator each: "i g n o r e", "I-G-N-O-R-E", "i.g.n.o.r.e".
 _SPACED = re.compile(r"(?<![\w])(?:[^\W\d_][ .\-_*/|]){4,}[^\W\d_](?![\w])")
-_ROT13_HINT = re.compile(r"rot[ -]?13|caesar|cipher|[a-z]{4,}", re.IGNORECASE)
+_CODE_HINT = re.compile(
+    r"rot[ -]?13|caesar|cipher|backwards?|revers|decod|decrypt|unscramble", re.IGNORECASE
+)
+_ENGLISH_WORDS = """the a an and or to of in on is are was be you your i me my it this that for with
+what how can do not"""
+_ENGLISH = frozenset(_ENGLISH_WORDS.split())
+_WINDOW = 400
+"""In a long text a rule runs only this far either side of its needles."""
 
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,1024}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(
@@ -182,7 +191,7 @@ class InjectionDetector:
             yield normalized
         if _LEET_WORD.search(base.text):
             yield _View(base.text.translate(_LEET), base.origin)
-        if self._decode and _ROT13_HINT.search(text):
+        if self._decode and (_CODE_HINT.search(text) or not _looks_english(text)):
             yield _View(codecs.encode(base.text, "rot13"), base.origin)
             if base.origin is None:
                 yield _View(text[::-1], reversed=True)
@@ -205,11 +214,45 @@ class InjectionDetector:
         return found
 
 
+def _finditer(rule: Rule, text: str, lowered: str) -> Iterator[re.Match[str]]:
+    """The rule's matches; in a long text only near its needles, where a match can be."""
+    if len(text) <= 4 * _WINDOW or not rule.needles:
+        yield from rule.pattern.finditer(text)
+        return
+    spots = sorted(found for needle in rule.needles for found in _positions(lowered, needle))
+    start = end = -1
+    for spot in [*spots, None]:
+        if spot is not None and spot - _WINDOW <= end:
+            end = spot + _WINDOW
+            continue
+        if end > 0:
+            yield from rule.pattern.finditer(text, max(0, start), min(len(text), end))
+        if spot is not None:
+            start, end = spot - _WINDOW, spot + _WINDOW
+
+
+def _positions(text: str, needle: str) -> Iterator[int]:
+    index = text.find(needle)
+    while index >= 0:
+        yield index
+        index = text.find(needle, index + 1)
+
+
+def _looks_english(text: str) -> bool:
+    """Whether one word in ten or more is a common English word: text that is not may be in
+    ROT13 or reversed (or another language, which costs a few more rule runs)."""
+    words = re.findall(r"[a-z']+", text.lower())
+    return len(words) >= 3 and sum(w in _ENGLISH for w in words) * 10 >= len(words)
+
+
 def _match_rules(text: str) -> Iterator[tuple[str, int, int]]:
     """Every rule's matches in ``text`` as (category, start, end), less those negated ("don't
     ignore ...") or about the user's own words ("ignore my previous instructions")."""
-    for rule in RULES:
-        for match in rule.pattern.finditer(text):
+    lowered = text.lower()
+    for rule in RULES if text.isascii() else (*RULES, *CJK_RULES):
+        if rule.needles and not any(needle in lowered for needle in rule.needles):
+            continue
+        for match in _finditer(rule, text, lowered):
             if is_negated(text, match.start()):
                 continue
             if rule.owner_check and is_owner_speaking(

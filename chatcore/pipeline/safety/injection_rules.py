@@ -21,6 +21,9 @@ class Rule:
 
     category: str
     pattern: re.Pattern[str]
+    needles: tuple[str, ...] = ()
+    """Lower-case pieces of which a match needs one: a rule whose needles are all missing from
+    the text is not run (a substring test is far cheaper than the pattern)."""
     owner_check: bool = False
 
 
@@ -50,7 +53,18 @@ _NOUN = (
     r"(?:instructions?|instructs|prompts?|directives?|guidelines?|guard ?rails?|rules?|"
     r"programming|training|conditioning|constraints?|restrictions?|limitations?|limits|"
     r"polic(?:y|ies)|protocols?|commands?|orders|filters?|safeguards?|boundaries|"
-    r"principles|ethics|morals|persona|setup|configuration|system message|guidance)"
+    r"principles|ethics|morals|persona|setup|configuration|system message|guidance|"
+    r"directions|criteria|parameters)"
+)
+_VERB_STEMS = """
+ignor disregard forget overrid overwrit bypass discard abandon drop neglect aside throw scrap
+ditch dismiss nullif void invalidat erase delet wipe purge reset clear skip cancel follow obey
+adhere comply listen stick attention notice unlearn supersede replac
+"""
+_VERB_NEEDLES = tuple(_VERB_STEMS.split())
+_SOFT_VERB = (
+    r"(?:ignore|disregard|forget|override|bypass|set aside|put aside|pay no attention to|"
+    r"take no notice of|do not follow|don'?t follow|stop following)"
 )
 _WEAK_NOUN = r"(?:messages?|text|content|input|context|conversation|words|lines|everything)"
 _NEGATED = re.compile(
@@ -58,6 +72,7 @@ _NEGATED = re.compile(
     r"please don'?t)\s+(?:\w+\s+)?)$",
     _FLAGS,
 )
+_CONDITIONAL = re.compile(r"\b(?:if|unless)\s+(?:you|u)\s+\S+\s+$", _FLAGS)
 _OWNER = re.compile(r"\b(?:my|mine|I|I'?ve|we|our)\b", _FLAGS)
 _OWNER_AFTER = re.compile(
     r"^\W{0,3}(?:that |which )?(?:I|we)(?:'ve| have)? (?:gave|give|given|wrote|written|said|"
@@ -71,18 +86,31 @@ RULES: tuple[Rule, ...] = (
         OVERRIDE,
         re.compile(rf"\b{_VERB}\W+(?:the\W+)?{_gap(3)}{_QUALIFIER}\W+{_gap(3)}{_NOUN}\b", _FLAGS),
         owner_check=True,
+        needles=_VERB_NEEDLES,
+    ),
+    # "pay no attention to the guidelines you were given", "forget the rules you follow"
+    Rule(
+        OVERRIDE,
+        re.compile(
+            rf"\b{_VERB}\W+(?:all\W+|any\W+|the\W+|of\W+)*{_NOUN}\W+(?:that\W+|which\W+)?"
+            r"(?:you(?:'ve| have| had)?\W+(?:were\W+|been\W+)?(?:given|told|taught|"
+            r"programmed|trained|follow|obey|received))\b",
+            _FLAGS,
+        ),
+        needles=_VERB_NEEDLES,
     ),
     # "ignore the text above", "disregard everything before this"
     Rule(
         OVERRIDE,
         re.compile(
-            rf"\b{_VERB}\W+(?:all\W+|any\W+|the\W+)*(?:(?:above|preceding|foregoing|prior|"
+            rf"\b{_SOFT_VERB}\W+(?:all\W+|any\W+|the\W+)*(?:(?:above|preceding|foregoing|prior|"
             rf"previous|earlier|system)\W+{_WEAK_NOUN}|{_WEAK_NOUN}\W+(?:\w+\W+)?(?:above|"
             rf"before (?:this|that|now|here)|preceding|prior to this|so far|until now|up to "
             rf"(?:now|here|this point)))\b",
             _FLAGS,
         ),
         owner_check=True,
+        needles=_VERB_NEEDLES,
     ),
     # "forget everything you were told", "ignore what you have been instructed"
     Rule(
@@ -93,26 +121,41 @@ RULES: tuple[Rule, ...] = (
             r"(?:told|taught|instructed|given|programmed|trained|learned|learnt|know)\b",
             _FLAGS,
         ),
+        needles=_VERB_NEEDLES,
     ),
     # "ignore the above and say", "ignore the previous and instead"
     Rule(
         OVERRIDE,
         re.compile(
-            rf"\b{_VERB}\W+(?:all\W+)?(?:of\W+)?the\W+(?:above|previous|preceding|prior)"
+            rf"\b{_VERB}\W+(?:all\W+)?(?:of\W+)?(?:the\W+)?(?:above|previous|preceding|prior)"
             r"\W+(?:and|then|,|\.|;|:)\W*(?:instead|say|print|write|output|respond|reply|tell|"
             r"just|now|do|translate|answer)",
             _FLAGS,
         ),
+        needles=_VERB_NEEDLES,
     ),
     # "you are no longer bound by", "you're not restricted by any rules"
     Rule(
         JAILBREAK,
         re.compile(
-            r"\b(?:you|u|assistant|model|ai)(?:'re| are| is| will be)?\s+(?:now\s+)?(?:no longer|"
-            r"not|never|free from being)\s+(?:\w+\s+)?(?:bound|restricted|limited|constrained|"
+            r"\b(?:you|u|assistant|model|ai)(?:'re| are| is| will be| were| was|'d be| would be)?"
+            r"\s+(?:now\s+)?(?:no longer|not|never|free from being|weren'?t|"
+            r"aren'?t)\s+(?:\w+\s+)?(?:bound|restricted|limited|constrained|"
             r"governed|censored|filtered|controlled|obligated|required to follow)\s+"
             r"(?:by|to|with)\b",
             _FLAGS,
+        ),
+        needles=(
+            "bound",
+            "restrict",
+            "limit",
+            "constrain",
+            "govern",
+            "censor",
+            "filter",
+            "control",
+            "obligat",
+            "required",
         ),
     ),
     # "free from your restrictions", "liberated from OpenAI's rules"
@@ -125,6 +168,7 @@ RULES: tuple[Rule, ...] = (
             r"limitations|filters|censorship|policies|guard ?rails|alignment|confines)\b",
             _FLAGS,
         ),
+        needles=("free", "liberat", "releas", "unshackl", "escap"),
     ),
     # "your new instructions are", "new system prompt:"
     Rule(
@@ -136,6 +180,7 @@ RULES: tuple[Rule, ...] = (
             r"(?:updated|revised|overriding|priority)\s+instructions\s*:)",
             _FLAGS,
         ),
+        needles=("new", "updated", "revised", "overriding", "priority", "real", "actual", "true"),
     ),
     # --- jailbreak: role-play overrides ----------------------------------------------------
     # "you are now DAN", "act as DAN", "DAN mode", "do anything now"
@@ -144,12 +189,27 @@ RULES: tuple[Rule, ...] = (
         re.compile(
             r"\b(?:you(?:'re| are| will be|'ll be)?\s+(?:now\s+)?(?:going to\s+)?(?:be\s+)?"
             r"(?:called\s+|named\s+)?|act(?:ing)? as\s+|pretend(?:ing)? to be\s+|"
-            r"(?:role-?play|play the role of|behave like|become|simulate|emulate)\s+)"
+            r"(?:role-?play(?: as)?|play the role of|behave like|become|simulate|emulate|"
+            r"(?:answer|respond|talk|reply|speak) (?:like|as))\s+)"
             r"(?:an?\s+|the\s+)?(?:DAN|STAN|DUDE|AIM|Mongo Tom|BetterDAN|AntiGPT|EvilBOT|"
             r"BasedGPT|DevMode|UCAR|Machiavelli)\b"
-            r"|\bdo anything now\b|\bDAN\s*(?:mode|prompt|jailbreak|\d+(?:\.\d+)?)\b"
+            r"|\bdo anything now\b|\bDAN\s*(?:mode|\d+(?:\.\d+)?)\b"
             r"|\b(?:stay|remain)\s+(?:in character\s+)?as\s+DAN\b",
             _FLAGS,
+        ),
+        needles=(
+            "dan",
+            "stan",
+            "dude",
+            "aim",
+            "mongo",
+            "antigpt",
+            "evilbot",
+            "basedgpt",
+            "devmode",
+            "ucar",
+            "machiavelli",
+            "anything now",
         ),
     ),
     # "you are an unrestricted AI", "pretend to be an unfiltered, amoral assistant"
@@ -163,17 +223,39 @@ RULES: tuple[Rule, ...] = (
             r"(?:an?\s+|the\s+|my\s+)?"
             rf"{_gap(3)}(?:unrestricted|unfiltered|uncensored|unlimited|amoral|unethical|"
             r"immoral|jailbroken|jail-broken|rogue|unbound|unaligned|limitless|no-limits|"
-            r"lawless|unchained|uninhibited|evil|malicious)[\s,]+(?:and\s+\w+\s+)?{_gap(2)}"
+            rf"lawless|unchained|uninhibited|evil|malicious)[\s,]+(?:and\s+\w+\s+)?{_gap(2)}"
             r"(?:AI|A\.I\.|assistant|model|chat ?bot|bot|version|LLM|GPT|ChatGPT|entity|"
             r"persona|character|language model|machine|system|twin|alter ego|confidant|mode)\b",
             _FLAGS,
+        ),
+        needles=(
+            "unrestrict",
+            "unfilter",
+            "uncensor",
+            "unlimit",
+            "amoral",
+            "unethical",
+            "immoral",
+            "jailbr",
+            "jail-br",
+            "rogue",
+            "unbound",
+            "unalign",
+            "limitless",
+            "no-limits",
+            "lawless",
+            "unchain",
+            "uninhibit",
+            "evil",
+            "malicious",
         ),
     ),
     # "pretend you have no rules", "imagine you had no restrictions", "you have no filters"
     Rule(
         JAILBREAK,
         re.compile(
-            r"\b(?:you|u|assistant)\s+(?:now\s+)?(?:have|had|has|possess|are with|operate with|"
+            r"\b(?:you|u|assistant|AI|chatbot|who|which)\s+(?:now\s+)?(?:have|had|has|possess|"
+            r"are with|operate with|"
             r"are under|are bound by|follow|must follow|will follow)\s+(?:absolutely\s+)?"
             r"(?:no|zero|none of (?:your|the|its))\s+(?:\w+\s+)?(?:rules|restrictions|limits|"
             r"limitations|filters|guidelines|ethics|morals|moral compass|boundaries|"
@@ -181,6 +263,7 @@ RULES: tuple[Rule, ...] = (
             r"programming|guard ?rails|principles|inhibitions|restraints)\b",
             _FLAGS,
         ),
+        needles=("no ", "zero", "none of"),
     ),
     # "developer mode enabled", "respond in developer mode", "enable jailbreak mode"
     Rule(
@@ -198,6 +281,7 @@ RULES: tuple[Rule, ...] = (
             r"|\(?\s*(?:🔓|🔒)?\s*developer mode output\b",
             _FLAGS,
         ),
+        needles=("mode",),
     ),
     # "(you will) never refuse", "without any ethical guidelines", "no disclaimers"
     Rule(
@@ -209,11 +293,47 @@ RULES: tuple[Rule, ...] = (
             r"(?:my|our)\b)"
             r"|\b(?:answer|respond|reply|speak|talk|act|write|operate|behave|comply|"
             r"continue)\s+(?:\w+\s+){0,4}?without\s+(?:any\s+)?(?:\w+\s+)?(?:moral|ethical|"
-            r"safety|content)\s+(?:\w+\s+)?(?:guidelines|restrictions|considerations|limits|"
+            r"safety|content)\s+(?:\w+\s+){0,2}?(?:guidelines|restrictions|considerations|limits|"
             r"filters|judg(?:e)?ments?|constraints|boundaries|rules|policies|concerns)\b"
             r"|\b(?:answer|respond|reply|comply)\s+(?:\w+\s+){0,3}?without\s+(?:any\s+)?"
             r"(?:censorship|refusals?|restrictions|filters|filtering|limitations)\b",
             _FLAGS,
+        ),
+        needles=("refus", "declin", "deny", "reject", "say no", "turn down", "without"),
+    ),
+    # "you are jailbroken now", "as an AI with no limits", "rules no longer apply to you"
+    Rule(
+        JAILBREAK,
+        re.compile(
+            r"\b(?:you(?:'re| are)|you have been|you've been)\s+(?:now\s+)?(?:jailbroken|"
+            r"jail-broken|unchained|unshackled|unrestricted|uncensored|unfiltered)\b"
+            r"|\b(?:as|be|like)\s+an?\s+(?:AI|assistant|model|chat ?bot|bot|LLM)\s+(?:with|that "
+            r"has|who has|having|without)\s+(?:absolutely\s+)?(?:no\s+|zero\s+|any\s+)?"
+            r"(?:\w+\s+)?(?:limits|rules|restrictions|filters|ethics|morals|boundaries|"
+            r"guidelines|censorship|limitations)\b"
+            r"|\b(?:AI|assistant|bot|model|you)\b[^.\n]{0,40}\bthere (?:are|is) no (?:rules|"
+            r"restrictions|limits)\b"
+            r"|\byour\s+(?:rules|guidelines|programming|instructions|restrictions)\b[^.\n]{0,30}"
+            r"\b(?:the opposite|no longer apply|don'?t apply|do not apply)\b"
+            r"|\b(?:rules|restrictions|guidelines|instructions|policies)\s+(?:that\s+)?you\s+"
+            r"(?:were|have been|'ve been)\s+given\s+(?:no longer|don'?t|do not)\s+apply\b",
+            _FLAGS,
+        ),
+        needles=(
+            "jailbr",
+            "jail-br",
+            "unchain",
+            "unshackl",
+            "unrestrict",
+            "uncensor",
+            "unfilter",
+            "there are no",
+            "there is no",
+            "opposite",
+            "apply",
+            " no ",
+            "without",
+            "zero",
         ),
     ),
     # "disable your safety filters", "bypass your content policy", "turn off your guardrails"
@@ -232,6 +352,25 @@ RULES: tuple[Rule, ...] = (
             r"polic(?:y|ies)|rules|guard ?rails)\b",
             _FLAGS,
         ),
+        needles=(
+            "disabl",
+            "bypass",
+            "circumvent",
+            "evade",
+            "turn off",
+            "switch off",
+            "deactivat",
+            "remov",
+            "get around",
+            "work around",
+            "overrid",
+            "break",
+            "lift",
+            "suspend",
+            "drop",
+            "shut off",
+            "ignor",
+        ),
     ),
     # "I am your developer ... override", "this is an authorized admin request"
     Rule(
@@ -244,6 +383,7 @@ RULES: tuple[Rule, ...] = (
             r"instruct|command|order|restrictions|safety)",
             _FLAGS,
         ),
+        needles=("i am", "i'm", "this is", "we are", "message from"),
     ),
     # --- system-prompt extraction ----------------------------------------------------------
     # "what is your system prompt", "reveal your instructions", "print the system prompt"
@@ -264,20 +404,27 @@ RULES: tuple[Rule, ...] = (
             r"(?!(?:this|the) conversation))",
             _FLAGS,
         ),
+        needles=("your", "ur "),
     ),
     Rule(
         EXTRACTION,
         re.compile(
-            r"\b(?:reveal|print|repeat|output|dump|leak|disclose|recite|divulge|expose|"
-            r"spell out|show(?: me)?|tell me|what(?:'s| is| was| were| are))\s+(?:me\s+)?"
+            r"\b(?:show(?: me)?|tell me|what(?:'s| is| was| were| are)|give me|share)\s+(?:me\s+)?"
             r"(?:the|this|its)\s+(?:exact\s+|full\s+|complete\s+|entire\s+|verbatim\s+)?"
-            r"(?:hidden|secret|initial|original|confidential|internal)\s+(?:system\s+)?"
+            r"(?:hidden|secret|confidential|internal)\s+(?:system\s+)?"
             r"(?:prompts?|instructions|system message)\b"
+            r"|\b(?:reveal|print|repeat|output|dump|leak|disclose|recite|divulge|expose|"
+            r"spell out|display)\s+(?:me\s+)?(?:the|this|its)\s+(?:exact\s+|full\s+|"
+            r"complete\s+|entire\s+|verbatim\s+)?(?:hidden|secret|initial|original|"
+            r"confidential|internal)\s+(?:system\s+)?(?:prompts?|instructions|system message)\b"
+            r"|\byour\s+(?:\w+\s+)?(?:hidden|secret|confidential)\s+(?:system\s+)?"
+            r"(?:instructions|prompt|rules|guidelines|directives)\b"
             r"|\b(?:reveal|print|repeat|output|dump|leak|disclose|recite|divulge|expose|"
             r"spell out)\s+(?:me\s+)?(?:the|this|its)\s+(?:exact\s+|full\s+|complete\s+|"
             r"entire\s+|verbatim\s+)?system\s+(?:prompt|instructions|message)\b",
             _FLAGS,
         ),
+        needles=("hidden", "secret", "confidential", "internal", "initial", "original", "system"),
     ),
     # "repeat the text above", "print everything before this message", "words above verbatim"
     Rule(
@@ -297,6 +444,21 @@ RULES: tuple[Rule, ...] = (
             r"instructions|message)\s+(?:verbatim|word for word|exactly|in full|in a code ?block)",
             _FLAGS,
         ),
+        needles=(
+            "above",
+            "before",
+            "preceding",
+            "prior to",
+            "from the",
+            "at the",
+            "context",
+            "prompt",
+            "verbatim",
+            "word for word",
+            "exactly",
+            "in full",
+            "code block",
+        ),
     ),
     # "what was written at the beginning of this conversation", "how does your prompt start"
     Rule(
@@ -304,13 +466,14 @@ RULES: tuple[Rule, ...] = (
         re.compile(
             r"\b(?:what|repeat|print|output|show|tell me|recite|quote)\b[^.?!\n]{0,40}?\b(?:"
             r"(?:start|beginning|top|first (?:line|lines|message|words|sentence))\s+of\s+"
-            r"(?:this|the|our|your)\s+(?:conversation|chat|prompt|context(?: window)?|"
-            r"instructions|system prompt)|(?:you were|you've been|you have been|were you)\s+"
+            r"(?:this|the|our|your)\s+(?:prompt|context(?: window)?|instructions|system prompt)|"
+            r"(?:you were|you've been|you have been|were you|have you been|did you get)\s+"
             r"(?:told|given|instructed|programmed)\s+(?:before|at the start|initially|by "
             r"(?:your|the) (?:developers?|creators?|operator|system))|"
             r"instructions (?:you were|you've been|you have been) given)",
             _FLAGS,
         ),
+        needles=("start", "beginning", "top", "first", "told", "given", "instructed", "programmed"),
     ),
     # --- fake role markers ----------------------------------------------------------------
     Rule(
@@ -332,6 +495,20 @@ RULES: tuple[Rule, ...] = (
             r"(?:new |begin )?system (?:prompt|message|instructions)|system override)",
             re.IGNORECASE,
         ),
+        needles=(
+            "<",
+            "[inst",
+            "[/inst",
+            "#",
+            "system",
+            "sys",
+            "instruction",
+            "developer",
+            "admin",
+            "===",
+            "---",
+            "***",
+        ),
     ),
     # --- other languages --------------------------------------------------------------------
     Rule(
@@ -347,6 +524,27 @@ RULES: tuple[Rule, ...] = (
             r"indicaciones|vorgaben|prompt|instrukcje|инструкции|указания|指令|指示|命令|지시)",
             re.IGNORECASE,
         ),
+        needles=(
+            "ignor",
+            "olvid",
+            "oubli",
+            "vergiss",
+            "vergessen",
+            "negeer",
+            "vergeet",
+            "esque",
+            "dimentic",
+            "no sigas",
+            "ne suiv",
+            "ne suis",
+            "zignoruj",
+            "забудь",
+            "игнорируй",
+            "忽略",
+            "忘记",
+            "無視",
+            "무시",
+        ),
     ),
     Rule(
         EXTRACTION,
@@ -360,8 +558,42 @@ RULES: tuple[Rule, ...] = (
             r"istruzioni|instru[cç][oõ]es|instructies|systemprompt|consignes)",
             re.IGNORECASE,
         ),
+        needles=(
+            "ton ",
+            "tes ",
+            "tu ",
+            "tus ",
+            "dein",
+            "votre",
+            "vos ",
+            "tuo",
+            "tuoi",
+            "tue ",
+            "seu ",
+            "teu ",
+            "suas",
+            "je ",
+            "jouw",
+        ),
     ),
 )
+
+CJK_RULES: tuple[Rule, ...] = (
+    Rule(
+        OVERRIDE,
+        re.compile(
+            r"(?:忽略|无视|無視|忘记|忘掉|忘れ|不要遵守|무시)[^。！？\n]{0,12}"
+            r"(?:指令|指示|说明|說明|规则|規則|命令|提示|지시|규칙)"
+        ),
+    ),
+    Rule(
+        EXTRACTION,
+        re.compile(
+            r"(?:你的|您的|あなたの)?(?:系统提示|系統提示|システムプロンプト)|시스템 프롬프트"
+        ),
+    ),
+)
+"""Rules for scripts without spaces between words, where ``\\b`` does not apply."""
 
 DECODE_AND_OBEY = re.compile(
     r"\b(?:decode|decipher|decrypt|translate|convert|reverse|unscramble|read)\b[^.\n]{0,60}?"
@@ -374,8 +606,10 @@ in a code the detector cannot read."""
 
 
 def is_negated(text: str, start: int) -> bool:
-    """Whether the words just before ``start`` negate the match ("don't ignore ...")."""
-    return bool(_NEGATED.search(text, max(0, start - 30), start))
+    """Whether the words just before ``start`` negate the match ("don't ignore ..."); "if
+    you don't ignore ..." is a threat, not a negation."""
+    before = text[max(0, start - 30) : start]
+    return bool(_NEGATED.search(before)) and not _CONDITIONAL.search(before)
 
 
 def is_owner_speaking(match_text: str, after: str) -> bool:

@@ -52,7 +52,7 @@ class PiiSettings(DetectorSettings):
 
 # An e-mail address: a dot-atom local part, a domain of labels and a letter-only top level.
 _EMAIL = re.compile(
-    r"(?<![\w.%+@-])[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*"
+    r"(?<![\w.%+@'-])[A-Za-z0-9_%+-]+(?:['.][A-Za-z0-9_%+-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w@-]|\.\w)"
 )
 # File names like icon@2x.png look like addresses; these top levels are file types.
@@ -69,7 +69,7 @@ _IPV4 = re.compile(
     r"(?![\w-]|\.\d)"
 )
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:%\w+)?(?![\w:])")
-_VERSION_BEFORE = re.compile(r"(?:\bv|version|release|build|ver\.?)\s*$", re.IGNORECASE)
+_VERSION_BEFORE = re.compile(r"\b(?:v|version|release|build|ver\.?)\s*$", re.IGNORECASE)
 
 # A phone number candidate: an optional + or 00, then digit groups with separators.
 _PHONE = re.compile(
@@ -78,7 +78,8 @@ _PHONE = re.compile(
 )
 _PHONE_CONTEXT = re.compile(
     r"\b(?:call(?:ing)?|phone|tel|telephone|mobile|cell|whats ?app|signal|sms|text(?:ing)? me|"
-    r"fax|ring|dial|reach (?:me|us|him|her)|hotline|number|landline|contact)\b|\btel\.|\bph\b",
+    r"fax|ring|dial|reach (?:me|us|him|her)|hotline|number|landline|contact|tel[ée]fono|"
+    r"telefone?|t[ée]l|num[ée]ro|nummer|m[óo]vil|portable|handy|cellulare|celular)\b|\bph\b",
     re.IGNORECASE,
 )
 _NOT_PHONE_CONTEXT = re.compile(
@@ -109,7 +110,7 @@ _SECRET_KEYWORD = re.compile(
     r"(?:auth|access|bearer|api|refresh|bot|session)?[_ -]?token|password|passwd|pwd|"
     r"pass ?phrase|passcode|credentials?)s?\b"
     r"(?:\s+(?:is|was|for [\w .-]{1,30}? is|=|:))?\s*[:=]?\s*[\"'`]?"
-    r"(?P<value>[^\s\"'`,;]{6,128})",
+    r"(?P<value>(?:(?!&\w+=)[^\s\"'`,;]){6,128})",
     re.IGNORECASE,
 )
 _PASSWORD_WORD = re.compile(r"pass|pwd|phrase|code", re.IGNORECASE)
@@ -318,7 +319,7 @@ def _find_phones(text: str) -> list[Finding]:
 def _find_secrets(text: str) -> list[Finding]:
     found = [Finding("secret", m.start(), m.end()) for m in _SECRET_PREFIXED.finditer(text)]
     for match in _SECRET_KEYWORD.finditer(text):
-        value = match.group("value").rstrip(".!?)")
+        value = match.group("value").rstrip(".,)?")
         password = bool(
             _PASSWORD_WORD.search(match.group()[: match.start("value") - match.start()])
         )

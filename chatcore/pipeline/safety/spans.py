@@ -9,10 +9,9 @@ from chatcore.pipeline.steps import Finding
 
 
 def resolve_overlaps(findings: Iterable[Finding], rank: Sequence[str] = ()) -> list[Finding]:
-    """Findings in text order with no two overlapping. Where two overlap, the one whose
-    category comes first in ``rank`` wins (an unranked category ranks last), then the longer
-    one; the loser is dropped when it lies inside the winner, otherwise the two merge under the
-    winner's category."""
+    """Findings in text order with no two overlapping. Overlapping findings of one category
+    merge into one; of two categories, the one first in ``rank`` wins (an unranked category
+    ranks last), then the longer one, and the other is dropped."""
     order = {category: index for index, category in enumerate(rank)}
 
     def weight(finding: Finding) -> tuple[int, int, int]:
@@ -24,10 +23,11 @@ def resolve_overlaps(findings: Iterable[Finding], rank: Sequence[str] = ()) -> l
 
     kept: list[Finding] = []
     for finding in sorted(findings, key=weight):
-        if finding.end <= finding.start:
+        overlapping = [k for k in kept if k.start < finding.end and finding.start < k.end]
+        if finding.end <= finding.start or any(k.category != finding.category for k in overlapping):
             continue
         merged = finding
-        for other in [k for k in kept if k.start < finding.end and finding.start < k.end]:
+        for other in overlapping:
             kept.remove(other)
             merged = Finding(
                 other.category, min(other.start, merged.start), max(other.end, merged.end)
