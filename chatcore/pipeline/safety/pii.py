@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from chatcore.pipeline.safety.spans import resolve_overlaps
 from chatcore.pipeline.steps import DetectorSettings, DetectorSpec, Finding, Policy, Stage
@@ -40,6 +40,7 @@ class PiiSettings(DetectorSettings):
     say how far the step may go at each stage, ``categories`` how far for each kind of data.
     A category set to ``off`` is not looked for at all."""
 
+    order: int = Field(30, ge=0, le=10_000)
     input: Policy = "redact"
     output: Policy = "redact"
     categories: PiiCategories = PiiCategories()
