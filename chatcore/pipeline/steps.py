@@ -61,6 +61,12 @@ class DetectorSettings(StepSettings):
     input: Policy = "off"
     output: Policy = "off"
 
+    def policy_for(self, stage: Stage, category: str) -> Policy:
+        """The policy for one finding of ``category`` at ``stage``: the stage's own here; a
+        detector with per-category settings (``pii``) narrows it. The pipeline asks this for
+        every finding, and the strongest policy among a text's findings wins."""
+        return self.input if stage == "input" else self.output
+
 
 class RewriterSettings(StepSettings):
     enabled: bool = True
