@@ -55,6 +55,8 @@ _SENTENCE_WORDS = 5
 _NEAR_WORDS = 6
 """The fewest words two units need to match nearly rather than exactly."""
 _WINDOW = 32
+_REPEATS_IN_A_ROW = 2
+"""This many repeated sentences with nothing new between them count as a loop."""
 """How many recent units a sentence is compared with."""
 
 
@@ -81,9 +83,9 @@ class _Unit:
 class RepetitionFilter:
     """One reply's stream through the repetition rules (see the module docstring).
 
-    ``looping`` is True while the reply is inside a detected loop (its text is being dropped):
-    the caller may end generation then, as nothing more of this reply would be shown until the
-    model breaks out of the loop.
+    ``looping`` is True while the reply is inside a detected loop, or after two sentences in a
+    row were dropped as said before: its text is being dropped. The caller may end generation
+    then, as nothing more of this reply would be shown until the model breaks out.
     """
 
     def __init__(
@@ -119,10 +121,14 @@ class RepetitionFilter:
         self._run_needed = 0
         self._cycle: list[tuple[str, ...]] = []
         self._cycle_next = 0
+        self._repeats_in_row = 0
+        """Sentences dropped as said before, since the last one kept."""
+        self._ending = False
+        """The stream ended: a last unit that begins the loop's next unit is part of it."""
 
     @property
     def looping(self) -> bool:
-        return bool(self._gram or self._cycle)
+        return bool(self._gram or self._cycle) or self._repeats_in_row >= _REPEATS_IN_A_ROW
 
     @property
     def held(self) -> str:
@@ -151,6 +157,7 @@ class RepetitionFilter:
         return out
 
     def flush(self, finish_reason: FinishReason) -> str:
+        self._ending = True
         if self._word:
             self._take_word(line_end=True)
         elif self._words:
@@ -228,7 +235,10 @@ class RepetitionFilter:
             self._out.append(unit.text)
             return
         if self._cycle:
-            if self._match(unit.words, self._cycle[self._cycle_next]):
+            expected = self._cycle[self._cycle_next]
+            if self._match(unit.words, expected) or (
+                self._ending and expected[: len(unit.words)] == unit.words
+            ):
                 self._cycle_next = (self._cycle_next + 1) % len(self._cycle)
                 return
             self._cycle = []
@@ -256,7 +266,9 @@ class RepetitionFilter:
             and any(self._match(unit.words, seen) for seen in self._history)
         ):
             self._report("repeated_sentence", "changed")
+            self._repeats_in_row += 1
             return
+        self._repeats_in_row = 0
         self._history.append(unit.words)
         self._out.append(unit.text)
 
@@ -301,6 +313,7 @@ class RepetitionFilter:
         self._words_in_line = 0
         self._gram = ()
         self._cycle = []
+        self._repeats_in_row = 0
         self._history.clear()
 
 

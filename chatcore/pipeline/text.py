@@ -100,8 +100,9 @@ def normalise_word(word: str) -> str:
 
 
 def normalise_words(words: list[str]) -> tuple[str, ...]:
-    """The words of a sentence or line as compared: list markers at its start dropped."""
+    """The words of a sentence or line as compared: list markers at its start and marks with
+    neither letters nor digits (``|``, ``---``) dropped."""
     start = 0
     while start < len(words) and _LIST_MARKER.fullmatch(words[start]):
         start += 1
-    return tuple(normalise_word(w) for w in words[start:])
+    return tuple(normalise_word(w) for w in words[start:] if any(c.isalnum() for c in w))
