@@ -98,6 +98,7 @@ POEM = (
         "```\nthe the the the the\n```\nThe code repeats a word.",
         "Matrix: 0 0 0 0 0 0.",
         "Add one cup of flour. Then add one cup of sugar. Then add one cup of milk.",
+        "Then add one cup of white sugar. Stir well. Then add one cup of white flour.",
         "| a | b |\n|---|---|\n| 1 | 2 |\n| 1 | 2 |",
         "Go left. Go right. Go left. Go up.",
     ],

@@ -16,7 +16,8 @@ Three rules, none of which touches text inside a code fence:
   list's similar items stay; they only go when they repeat back to back.
 
 "Nearly" compares the words (lower case, without punctuation or a list marker in front); two
-units of six words or more match when their similarity is at least ``similarity``.
+units of six words or more match when their similarity is at least ``similarity`` (at least 0.9
+for the repeated-sentence rule, which has no loop to back it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ _SENTENCE_WORDS = 5
 """The fewest words a sentence needs for the repeated-sentence rule."""
 _NEAR_WORDS = 6
 """The fewest words two units need to match nearly rather than exactly."""
+_SENTENCE_SIMILARITY = 0.9
+"""The least similarity for the repeated-sentence rule, which has no loop to back it."""
 _WINDOW = 32
 _REPEATS_IN_A_ROW = 2
 """This many repeated sentences with nothing new between them count as a loop."""
@@ -263,7 +266,7 @@ class RepetitionFilter:
         if (
             not unit.whole_line
             and len(unit.words) >= _SENTENCE_WORDS
-            and any(self._match(unit.words, seen) for seen in self._history)
+            and any(self._match(unit.words, seen, strict=True) for seen in self._history)
         ):
             self._report("repeated_sentence", "changed")
             self._repeats_in_row += 1
@@ -294,13 +297,16 @@ class RepetitionFilter:
         for unit in pending:
             self._settle(unit)
 
-    def _match(self, a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    def _match(self, a: tuple[str, ...], b: tuple[str, ...], strict: bool = False) -> bool:
+        """Whether two units say the same; ``strict`` for a sentence outside a loop, where a
+        near match must be closer."""
         if a == b:
             return True
+        similarity = max(self._similarity, _SENTENCE_SIMILARITY) if strict else self._similarity
         shorter, longer = sorted((len(a), len(b)))
-        if shorter < _NEAR_WORDS or 2 * shorter < self._similarity * (shorter + longer):
+        if shorter < _NEAR_WORDS or 2 * shorter < similarity * (shorter + longer):
             return False
-        return SequenceMatcher(None, a, b, autojunk=False).ratio() >= self._similarity
+        return SequenceMatcher(None, a, b, autojunk=False).ratio() >= similarity
 
     # -- code -----------------------------------------------------------------------------
 
