@@ -1,7 +1,8 @@
 """Built-in plugin: the generation backends that ship with chatcore.
 
 ``transformers`` runs a local model (the embedded SmolLM2 by default); ``openai`` talks to any
-OpenAI-compatible server (docs/openai.md); ``fake`` is scripted, for tests and demos. The heavy modules import only when a backend is created.
+OpenAI-compatible server (docs/openai.md); ``fake`` is scripted, for tests and demos. The heavy
+modules import only when a backend is created.
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_WINDOW = 4096
 """Context window assumed when neither ``context.window`` nor the tokenizer's files say."""
-BYTES_PER_TOKEN = 3.0
-"""Real tokenizers average about 4 bytes of English per token; 3 over-counts on purpose."""
-SAFETY_MARGIN = 1.1
-"""The estimate is raised by a tenth more, for text that tokenizes worse than average."""
+ASCII_BYTES_PER_TOKEN = 3.0
+"""Tokenizers of served models average 4 bytes of English per token or more; 3 over-counts."""
+OTHER_BYTES_PER_TOKEN = 2.0
+"""UTF-8 bytes per token of other scripts (2 to 4 bytes a character): about one token for a
+Cyrillic letter, 1.5 for a Chinese character, 2 for an emoji."""
+SAFETY_MARGIN = 1.15
+"""The estimate is raised by this factor, for text that tokenizes worse than average (code)."""
 MESSAGE_OVERHEAD = 8
 """Tokens a chat template adds around one message (role markers, separators), at most."""
 GENERATION_PROMPT = 8
@@ -30,10 +33,10 @@ _UNKNOWN_LENGTH = 10_000_000
 
 
 class EstimatedTokenizer:
-    """A ``ChatTokenizer`` that estimates from UTF-8 size: ``bytes / 3`` per message plus a
-    template overhead, raised by ``SAFETY_MARGIN``. Over-counts English and code (fewer turns
-    fit than could); a server that still finds the prompt too long is answered by the backend's
-    one trimmed retry."""
+    """A ``ChatTokenizer`` that estimates from UTF-8 size: ASCII bytes / 3 plus other bytes / 2
+    per message, plus a template overhead, raised by ``SAFETY_MARGIN``. Over-counts on
+    purpose (fewer turns fit than could); a server that still finds the prompt too long is
+    answered by the backend's one trimmed retry. docs/openai.md has measured ratios."""
 
     def __init__(self, context_window: int) -> None:
         self._context_window = context_window
@@ -43,8 +46,16 @@ class EstimatedTokenizer:
         return self._context_window
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        raw = sum(len(m.content.encode()) / BYTES_PER_TOKEN + MESSAGE_OVERHEAD for m in messages)
+        raw = sum(estimate_text(m.content) + MESSAGE_OVERHEAD for m in messages)
         return math.ceil((raw + GENERATION_PROMPT) * SAFETY_MARGIN)
+
+
+def estimate_text(text: str) -> float:
+    """Tokens of ``text`` by its UTF-8 size, before the safety margin."""
+    data = text.encode()
+    ascii_bytes = len(text.encode("ascii", "ignore"))
+    other = len(data) - ascii_bytes
+    return ascii_bytes / ASCII_BYTES_PER_TOKEN + other / OTHER_BYTES_PER_TOKEN
 
 
 class FileTokenizer:
