@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from chatcore.config import GenerationSettings, OpenAISettings
 from chatcore.events import ChatMessage
 from chatcore.generation.openai import OpenAIBackend
-from chatcore.generation.types import Chunk, GenerationError, StreamInterruptedError
+from chatcore.generation.types import Backend, Chunk, GenerationError, StreamInterruptedError
 from tests.fake_openai_server import Fail, FakeOpenAIServer, Stream
 
 GREEDY = GenerationSettings(repetition_penalty=1.0)
@@ -80,6 +80,7 @@ async def test_a_reply_streams_piece_by_piece(
 ) -> None:
     server.enqueue(Stream(["Hel", "lo", "!"], usage=(12, 3)))
     backend = await make_backend()
+    assert isinstance(backend, Backend)
     chunks = await collect(backend)
     assert [c.text for c in chunks] == ["Hel", "lo", "!", ""]
     assert chunks[-1].finish_reason == "stop"

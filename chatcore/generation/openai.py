@@ -179,6 +179,7 @@ class OpenAIBackend:
         finish: FinishReason | None = None
         usage: Usage | None = None
         while True:
+            finish, usage = None, None  # each try starts afresh (nothing was shown yet)
             try:
                 body = request_body(self.model, prompt, options)
                 response = await self._send("/chat/completions", body)
