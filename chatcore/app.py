@@ -18,6 +18,7 @@ from chatcore.config import ConfigError, Settings, section_settings
 from chatcore.engine import Engine
 from chatcore.events import Message
 from chatcore.files import secure_home
+from chatcore.generation.capabilities import check_generation_settings
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.base import ConversationStore
@@ -146,7 +147,8 @@ async def create_app(
     store: ConversationStore | None = None,
 ) -> App:
     """Load plugins (unless given), create the configured backend and store (unless given)
-    and the engine. Raises ``PluginError`` when the configured backend does not exist."""
+    and the engine. Raises ``PluginError`` when the configured backend does not exist, and
+    ``ConfigError`` when it cannot honour a chosen generation setting."""
     if plugins is None:
         plugins = PluginHost()
         await plugins.load(settings)
@@ -155,6 +157,8 @@ async def create_app(
         factory = plugins.backends.get(name)
         with _blame(plugins.backends, name, "failed to start"):
             backend = factory(settings)
+    # Settings the backend cannot honour stop the start here, one line each, before any work.
+    check_generation_settings(backend, settings)
     try:
         for problem in secure_home(settings.home_path):
             log.warning("%s", problem)

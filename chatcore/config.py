@@ -66,6 +66,35 @@ class ModelSettings(_Section):
     threads: int = Field(0, ge=0, le=256)
 
 
+class OpenAISettings(_Section):
+    """The server of the ``openai`` backend: any OpenAI-compatible ``/v1/chat/completions``
+    (docs/openai.md). Used only when ``model.backend = "openai"``."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    """The model name the server knows; empty: the only one the server lists."""
+    api_key: SecretStr = SecretStr("")
+    """A secret: only from the environment (``CHATCORE_OPENAI__API_KEY``)."""
+    tokenizer: str = ""
+    """A local Hugging Face tokenizer folder or ``tokenizer.json`` to count prompt tokens with;
+    empty: a conservative estimate from the text's size."""
+    connect_timeout: float = Field(10.0, gt=0, le=600)
+    read_timeout: float = Field(120.0, gt=0, le=3600)
+    retries: int = Field(3, ge=0, le=20)
+    retry_backoff: float = Field(1.0, ge=0, le=60)
+    max_retry_wait: float = Field(30.0, ge=0, le=3600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(
+                "must be the server's http:// or https:// address, usually ending in /v1, "
+                "e.g. http://127.0.0.1:8000/v1"
+            )
+        return value.rstrip("/")
+
+
 class GenerationSettings(_Section):
     """How replies are decoded; also the per-call options a backend receives."""
 
@@ -195,6 +224,7 @@ class Settings(BaseSettings):
     context: ContextSettings = ContextSettings()
     storage: StorageSettings = StorageSettings()
     memory: MemorySettings = MemorySettings()
+    openai: OpenAISettings = OpenAISettings()
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Raw ``[adapters.<name>]`` sections; each is validated by ``section_settings`` against
     the model its adapter registered."""
@@ -220,6 +250,24 @@ class Settings(BaseSettings):
 
     _origin: dict[tuple[str, ...], Path] = PrivateAttr(default_factory=dict)
     """Which file set each value that came from a file (for error messages)."""
+    _explicit: frozenset[tuple[str, ...]] | None = PrivateAttr(default=None)
+    """What the user's file and the environment set (``load_settings``); None: built in code."""
+
+    def is_explicit(self, *loc: str) -> bool:
+        """Whether the setting at ``loc`` (e.g. ``"generation", "top_k"``) was chosen, in the
+        user's file, the environment or in code, rather than left at its default: a backend
+        refuses what it cannot honour only when it was chosen."""
+        if self._explicit is not None:
+            return any(loc[:n] in self._explicit for n in range(1, len(loc) + 1))
+        node: BaseModel = self
+        for part in loc:
+            if part not in node.model_fields_set:
+                return False
+            child = getattr(node, part)
+            if not isinstance(child, BaseModel):
+                return True
+            node = child
+        return True
 
     @property
     def home_path(self) -> Path:
@@ -291,6 +339,10 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         raise ConfigError([f"config error: {error}"]) from None
     settings = Settings.model_validate(dict(loaded))
     settings._origin = origin
+    defaults = default_config_path()
+    settings._explicit = frozenset(
+        {loc for loc, path in origin.items() if path != defaults} | _environment_locs(os.environ)
+    )
     _check_consistency(settings)
     return settings
 
@@ -396,6 +448,15 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             break
     if lines:
         raise ConfigError(lines)
+
+
+def _environment_locs(environ: Mapping[str, str]) -> set[tuple[str, ...]]:
+    """The settings ``CHATCORE_SECTION__KEY`` variables set."""
+    return {
+        tuple(name[len(ENV_PREFIX) :].lower().split("__"))
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.lower() not in _NOT_SETTINGS
+    }
 
 
 def _is_structured(annotation: Any) -> bool:

@@ -51,7 +51,7 @@ async def test_builtins_load_and_register(settings: Settings) -> None:
         "websocket": "loaded",
         "discord": "loaded",
     }
-    assert host.backends.names() == ["fake", "transformers"]
+    assert host.backends.names() == ["fake", "openai", "transformers"]
     assert host.adapters.names() == ["discord", "terminal", "websocket"]
     assert host.commands.names() == [
         "forget",
@@ -256,7 +256,7 @@ def test_cli_plugins_lists_plugins_and_failures(
     assert rows["pinger"]["registered"] == {"command": ["ping"]}
     assert rows["broken"]["status"] == "failed"
     assert "missing thing" in rows["broken"]["error"]
-    assert rows["backends"]["registered"] == {"backend": ["transformers", "fake"]}
+    assert rows["backends"]["registered"] == {"backend": ["transformers", "openai", "fake"]}
 
     table = CliRunner().invoke(app, ["plugins"])
     assert table.exit_code == 0

@@ -96,7 +96,7 @@ def test_unknown_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "nonesuch")
     result = runner.invoke(cli, ["chat"], input="hi\n")
     assert result.exit_code == 2
-    assert "no backend named 'nonesuch'; available: fake, transformers" in result.stderr
+    assert "no backend named 'nonesuch'; available: fake, openai, transformers" in result.stderr
 
 
 @pytest.fixture
