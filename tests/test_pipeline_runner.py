@@ -77,7 +77,7 @@ class Sleepy:
 class Stuck:
     """A rewriter whose filter never returns from its first piece."""
 
-    def open(self, context: StepContext) -> TextFilter:
+    def open(self, ctx: StepContext) -> TextFilter:  # the argument's name is the plugin's
         return self
 
     def feed(self, text: str) -> str:
@@ -511,3 +511,37 @@ async def test_a_detector_that_cannot_be_made_stops_the_start(
     app = await new_app(settings, plugins=plugins, backend=FakeBackend())
     with pytest.raises(Exception, match="step 'broken' \\(plugin 'broken-plugin'\\) failed"):
         await app.start()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
+
+
+async def test_the_step_example_from_the_docs_works(
+    new_app: AppFactory, isolated_env: Path
+) -> None:
+    section = DOCS.read_text().split("## Writing a step", 1)[1]
+    (source,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(DOCS), "exec"), namespace)
+
+    class Example:
+        register_filters = staticmethod(namespace["register_filters"])
+
+    plugins = PluginHost()
+    plugins.add_plugin(Example(), "example")
+    await plugins.collect("example")
+    assert plugins.infos["example"].registered == {
+        "detector": ["tickets"],
+        "rewriter": ["shouting"],
+    }
+    steps = {"tickets": {"input": "redact", "output": "block"}}
+    backend = FakeBackend()
+    settings = make_settings(isolated_env, pipeline={"steps": steps})
+    app = await new_app(settings, plugins=plugins, backend=backend)
+    await app.start()
+    backend.enqueue(["FINE. ", "See TICKET-77", " for more, and more after it"])
+    events = await collect(app, "about TICKET-123 please")
+    assert backend.calls[0].messages[-1].content == "about [ticket removed] please"
+    shown = "".join(chunks(events))
+    assert shown.startswith("fine") and "TICKET" not in shown  # held back, then blocked
+    assert isinstance(events[-1], ReplyError) and events[-1].code == "blocked"

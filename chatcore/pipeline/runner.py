@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from chatcore.bounded import Raised, TimedOut, Worker, run_bounded
 from chatcore.config import Settings, step_settings
@@ -143,8 +144,8 @@ class Steps:
             context = StepContext(message, services, chain.reporter(step.name))
             opened: TextFilter | None = None
             try:
-                kwargs = {"context": context}
-                opened = await run_bounded(step.rewriter.open, kwargs, self.seconds, self.worker)
+                opening = partial(step.rewriter.open, context)
+                opened = await run_bounded(opening, {}, self.seconds, self.worker)
             except TimedOut:
                 log.error("rewriter %s %s opening a reply; left out", step.name, _LATE)
             except Raised as raised:
