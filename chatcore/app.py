@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from chatcore.adapter_api import Adapter, AdapterContext, CommandInfo, ReplyStream
-from chatcore.config import ConfigError, Settings, section_settings
+from chatcore.config import ConfigError, Settings, section_settings, step_settings
 from chatcore.engine import Engine
 from chatcore.events import Message
 from chatcore.files import secure_home
@@ -55,8 +55,8 @@ class App:
         self.plugins = plugins
         self.engine = engine
         self.stopping = asyncio.Event()
-        self.metrics = Metrics()
-        """Shared by every adapter, so one scrape covers them all."""
+        self.metrics: Metrics = engine.metrics
+        """Shared by every adapter and the pipeline, so one scrape covers them all."""
         self.signals: ShutdownSignals | None = None
         self._started = False
         self._startup_began = False
@@ -174,6 +174,7 @@ async def create_app(
         store = sql
     app = App(settings, plugins, Engine(settings, backend, store, plugins))
     _check_adapter_sections(app)
+    _check_step_sections(app)
     return app
 
 
@@ -193,6 +194,25 @@ def _check_adapter_sections(app: App) -> None:
             )
         else:
             log.info("[adapters.%s]: no plugin registers an adapter by that name", name)
+
+
+def _check_step_sections(app: App) -> None:
+    """Validate every ``[pipeline.steps.*]`` section of a registered step now; a section no
+    plugin registers is only reported (with a warning when it sets anything: its step will
+    not run)."""
+    steps = app.plugins.filters
+    for name, raw in app.settings.pipeline.steps.items():
+        if name in steps:
+            step_settings(app.settings, name, steps.get(name).settings)
+        elif raw:
+            known = ", ".join(steps.names()) or "none"
+            log.warning(
+                "[pipeline.steps.%s] is set but no plugin registers a step named %r, so it does "
+                "not run; steps: %s (see `chatcore plugins`)",
+                name,
+                name,
+                known,
+            )
 
 
 def open_store(settings: Settings) -> SqlStore:

@@ -158,13 +158,7 @@ class AdapterSettings(_Section):
     def _json_from_environment(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        decoded = dict(data)
-        for name, value in data.items():
-            field = cls.model_fields.get(name)
-            if field is not None and isinstance(value, str) and _is_structured(field.annotation):
-                with contextlib.suppress(ValueError):
-                    decoded[name] = json.loads(value)
-        return decoded
+        return _json_fields(cls, data)
 
 
 class MemorySettings(_Section):
@@ -194,6 +188,14 @@ class PluginsSettings(_Section):
     hook_timeout: float = Field(10.0, gt=0, le=3600)
     command_timeout: float = Field(60.0, gt=0, le=3600)
     max_failures: int = Field(5, ge=0)
+
+
+class PipelineSettings(_Section):
+    """The reply pipeline's steps (docs/pipeline.md)."""
+
+    steps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Raw ``[pipeline.steps.<name>]`` sections; each is validated by ``step_settings``
+    against the settings model its step registered."""
 
 
 class LifecycleSettings(_Section):
@@ -229,6 +231,7 @@ class Settings(BaseSettings):
     """Raw ``[adapters.<name>]`` sections; each is validated by ``section_settings`` against
     the model its adapter registered."""
     plugins: PluginsSettings = PluginsSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -348,12 +351,26 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
 
 
 M = TypeVar("M", bound=AdapterSettings)
+S = TypeVar("S", bound=BaseModel)
 
 
 def section_settings(settings: Settings, name: str, model: type[M]) -> M:
     """Validate the section ``[adapters.<name>]`` against ``model``; raise ``ConfigError`` with
     one line per problem, naming where each value came from. Secrets in files are refused."""
-    prefix = ("adapters", name)
+    return _validate_section(settings, ("adapters", name), settings.adapters.get(name, {}), model)
+
+
+def step_settings(settings: Settings, name: str, model: type[S]) -> S:
+    """Validate the section ``[pipeline.steps.<name>]`` against the settings ``model`` the step
+    registered, with the same one-line errors as ``section_settings``; a step without a section
+    gets the model's defaults. Tables and lists from the environment are JSON."""
+    raw = settings.pipeline.steps.get(name, {})
+    return _validate_section(settings, ("pipeline", "steps", name), _json_fields(model, raw), model)
+
+
+def _validate_section(
+    settings: Settings, prefix: tuple[str, ...], raw: Mapping[str, Any], model: type[S]
+) -> S:
     secrets_in_files = [
         f"config error: {'.'.join(loc)} is a secret and must not be in "
         f"{settings._origin[loc]}; remove it there and set the environment variable "
@@ -364,9 +381,21 @@ def section_settings(settings: Settings, name: str, model: type[M]) -> M:
     if secrets_in_files:
         raise ConfigError(secrets_in_files)
     try:
-        return model.model_validate(settings.adapters.get(name, {}))
+        return model.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_describe(error, settings._origin, prefix, model)) from None
+
+
+def _json_fields(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the text values of list and table fields decoded as JSON, where they are
+    JSON: the environment can only give text."""
+    decoded = dict(data)
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is not None and isinstance(value, str) and _is_structured(field.annotation):
+            with contextlib.suppress(ValueError):
+                decoded[name] = json.loads(value)
+    return decoded
 
 
 def _check_consistency(settings: Settings) -> None:

@@ -111,6 +111,7 @@ ErrorCode = Literal[
     "internal_error",
     "cancelled",
     "conversation_busy",
+    "blocked",
 ]
 
 

@@ -1,0 +1,189 @@
+"""The reply pipeline for a chat message: prompt → generation → output steps on the stream →
+persist the turn → after-reply hooks. Usable without the engine: give it the parts.
+
+What is stored is what was shown: text an output step held back and never released is not
+kept. The turn is stored also when the reply failed or was cancelled (shielded, so a second
+cancellation cannot lose it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chatcore.config import Settings
+from chatcore.context import ContextBuilder, MessageTooLongError, SystemPromptTooLongError
+from chatcore.events import (
+    ChatMessage,
+    ConversationKey,
+    FinishReason,
+    Message,
+    Notice,
+    Reply,
+    ReplyChunk,
+    ReplyError,
+    ReplyEvent,
+    Usage,
+)
+from chatcore.failures import logged_failure
+from chatcore.generation.types import Backend, GenerationError
+from chatcore.memory.base import ConversationStore
+from chatcore.memory.summary import RollingSummaries
+from chatcore.pipeline.runner import Steps
+from chatcore.pipeline.steps import Blocked
+from chatcore.plugins import PluginHost
+from chatcore.prompting import PromptBuilder
+from chatcore.services import Services
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[ReplyEvent], None]
+
+
+def refusal(message: Message, blocked: Blocked, *, output: bool = False) -> ReplyError:
+    """What the user hears when a step blocked: the category and the step's reason, never the
+    text that was found."""
+    if output:
+        text = (
+            f"The reply was stopped: {blocked.reason} ({blocked.category}). "
+            "What was shown so far is kept."
+        )
+    else:
+        text = f"I can't answer that message: {blocked.reason} ({blocked.category})."
+    return ReplyError(message.id, "blocked", text)
+
+
+class ReplyPipeline:
+    """Answers one chat message with the model and keeps the turn."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        store: ConversationStore,
+        context: ContextBuilder,
+        prompts: PromptBuilder,
+        summaries: RollingSummaries,
+        steps: Steps,
+        plugins: PluginHost,
+        services: Services,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.context = context
+        self.prompts = prompts
+        self.summaries = summaries
+        self.steps = steps
+        self.plugins = plugins
+        self.services = services
+
+    async def run(self, message: Message, emit: Emit) -> None:
+        """Stream the reply to ``message`` through ``emit``: chunks, then one ``Reply`` or
+        ``ReplyError``, then the after-reply hooks' notices."""
+        key = message.conversation
+        try:
+            plan = await self.prompts.build(message)
+        except MessageTooLongError as error:
+            emit(ReplyError(message.id, "message_too_long", str(error)))
+            return
+        except SystemPromptTooLongError as error:  # plugins added too much: the operator's to fix
+            summary = "The bot cannot answer right now"
+            emit(logged_failure(message, "internal_error", summary, error))
+            return
+        prompt = plan.prompt
+        output = await self.steps.open_output(message, self.services)
+
+        shown: list[str] = []
+
+        def show(text: str) -> None:
+            if text:
+                emit(ReplyChunk(message.id, text, len(shown)))
+                shown.append(text)
+
+        received = 0
+        finish: FinishReason = "stop"
+        usage = Usage(prompt.tokens, 0)
+        failure: ReplyError | None = None
+        try:
+            try:
+                stream = self.backend.stream(prompt.messages, self.settings.generation)
+                try:
+                    async for chunk in stream:
+                        if chunk.text:
+                            received += 1
+                            show(chunk.text if output is None else await output.feed(chunk.text))
+                        if chunk.finish_reason is not None:
+                            finish = chunk.finish_reason
+                            usage = chunk.usage or Usage(prompt.tokens, received)
+                finally:
+                    await _close_stream(stream)  # also when a step blocked: generation stops
+            except GenerationError as error:
+                summary = "The model could not answer"
+                failure = logged_failure(message, "backend_error", summary, error)
+            if output is not None:  # the stream ended by itself: release what steps hold
+                show(await output.flush(finish if failure is None else "cancelled"))
+        except Blocked as blocked:
+            failure = refusal(message, blocked, output=True)
+        finally:
+            # Nothing is lost: the user's message stays, and so does what was shown of a reply.
+            text = "".join(shown)
+            turn = [ChatMessage("user", message.text)]
+            if text.strip():
+                turn.append(ChatMessage("assistant", text))
+            kept = await self._store_turn(key, turn)
+        if failure is not None:
+            emit(failure)
+            return
+        reply = Reply(message.id, text, finish, usage, streamed=True)
+        emit(reply)
+        self.summaries.update(key, plan.summary, [*plan.history, *kept], prompt.dropped)
+        await self._record_costs(key, kept)
+        self._emit_notices(message, await self._after_reply(message, reply), emit)
+
+    async def _store_turn(self, key: ConversationKey, turn: list[ChatMessage]) -> list[ChatMessage]:
+        """Persist the turn. Shielded: a second cancellation (a shutdown past its grace) must
+        not lose it."""
+        return await asyncio.shield(self.store.append(key, turn))
+
+    async def _after_reply(self, message: Message, reply: Reply) -> list[tuple[str, Any]]:
+        """The ``reply_finished`` hooks (they may learn from the turn); their results."""
+        return await self.plugins.call(
+            "reply_finished", message=message, reply=reply, services=self.services
+        )
+
+    def _emit_notices(self, message: Message, notices: list[tuple[str, Any]], emit: Emit) -> None:
+        for plugin, notice in notices:
+            if isinstance(notice, str):
+                if notice.strip():
+                    emit(Notice(message.id, notice.strip()))
+            elif notice is not None:
+                log.error(
+                    "plugin %r returned %s from reply_finished, not text; left out",
+                    plugin,
+                    type(notice).__name__,
+                )
+
+    async def _record_costs(self, key: ConversationKey, turn: Sequence[ChatMessage]) -> None:
+        """Store the token cost of each new message, so that later prompts (after a restart
+        too) need not count it again; counted off the event loop, after the reply went out."""
+        context = self.context
+
+        def count() -> dict[str, int]:
+            return {m.id: context.cost(m) for m in turn if m.id is not None}
+
+        try:
+            counts = await asyncio.to_thread(count)
+            if counts:
+                await self.store.set_tokens(key, counts)
+        except Exception:  # an optimisation only: the reply already went out
+            log.warning("could not record token counts in %s", key, exc_info=True)
+
+
+async def _close_stream(stream: Any) -> None:
+    """Close a backend stream so that its generation stops (async generators have aclose)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
