@@ -9,13 +9,21 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from chatcore.events import ChatMessage, ConversationKey
 
 PreferenceSource = Literal["explicit", "learned"]
 """``explicit``: the user set it (``/prefs set``); ``learned``: taken from what they said."""
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds a store (and its conversation locks) waits, when closing, for work in flight."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC: how every stored time is recorded."""
+    return datetime.now(UTC)
 
 
 class StoreError(Exception):

@@ -11,7 +11,7 @@ import itertools
 from collections import OrderedDict, deque
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from chatcore.events import ChatMessage, ConversationKey
@@ -23,13 +23,10 @@ from chatcore.memory.base import (
     Summary,
     UserKey,
     embedding_dim,
+    utcnow,
 )
 from chatcore.memory.export import document, iso
 from chatcore.memory.locks import ConversationLocks
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class InMemoryConversationStore:
@@ -57,7 +54,7 @@ class InMemoryConversationStore:
     async def append(
         self, key: ConversationKey, messages: Sequence[ChatMessage]
     ) -> list[ChatMessage]:
-        now = _now()
+        now = utcnow()
         stored = [dataclasses.replace(m, id=str(next(self._ids)), created=now) for m in messages]
         conversation = self._conversations.setdefault(key, deque(maxlen=self.limit))
         conversation.extend(stored)
@@ -99,7 +96,7 @@ class InMemoryConversationStore:
     async def set_preference(
         self, user: UserKey, key: str, value: str, source: PreferenceSource = "explicit"
     ) -> Preference:
-        preference = Preference(key, value, source, _now())
+        preference = Preference(key, value, source, utcnow())
         self._preferences.setdefault(user, {})[key] = preference
         return preference
 
@@ -109,7 +106,7 @@ class InMemoryConversationStore:
     async def add_memory(
         self, user: UserKey, text: str, embedding: bytes, dim: int | None = None
     ) -> Memory:
-        memory = Memory(next(self._ids), text, embedding, embedding_dim(embedding, dim), _now())
+        memory = Memory(next(self._ids), text, embedding, embedding_dim(embedding, dim), utcnow())
         self._memories.setdefault(user, {})[memory.id] = memory
         return memory
 

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, bindparam, delete, func, select, update
@@ -25,6 +25,7 @@ from chatcore.config import mask_url
 from chatcore.events import ChatMessage, ConversationKey, Role
 from chatcore.files import private_file
 from chatcore.memory.base import (
+    CLOSE_TIMEOUT,
     ErasedCounts,
     Memory,
     Preference,
@@ -33,6 +34,7 @@ from chatcore.memory.base import (
     Summary,
     UserKey,
     embedding_dim,
+    utcnow,
 )
 from chatcore.memory.database import (
     WRITE,
@@ -50,11 +52,6 @@ from chatcore.memory.schema import ConversationRow, MemoryRow, MessageRow, Prefe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CLOSE_TIMEOUT = 10.0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class SqlStore:
@@ -192,7 +189,7 @@ class SqlStore:
 
         async def work(session: AsyncSession) -> list[ChatMessage]:
             conversation = await self._conversation_id(session, key)
-            now = _now()
+            now = utcnow()
             rows = [
                 MessageRow(
                     conversation_id=conversation,
@@ -220,7 +217,7 @@ class SqlStore:
             await session.execute(
                 update(ConversationRow)
                 .where(ConversationRow.id == conversation)
-                .values(closed=_now())
+                .values(closed=utcnow())
             )
             return count or 0
 
@@ -304,7 +301,7 @@ class SqlStore:
 
         async def work(session: AsyncSession) -> Preference:
             user_id = await self._user_id(session, user)
-            now = _now()
+            now = utcnow()
             values = {"user_id": user_id, "key": key, "value": value, "source": source}
             insert = self._insert(PreferenceRow).values(**values, updated=now)
             await session.execute(
@@ -342,7 +339,7 @@ class SqlStore:
                 text=text,
                 embedding=embedding,
                 dim=size,
-                created=_now(),
+                created=utcnow(),
             )
             session.add(row)
             await session.flush()
@@ -503,7 +500,7 @@ class SqlStore:
             return found
         await session.execute(
             self._insert(UserRow)
-            .values(platform=user.platform, platform_user_id=user.user, created=_now())
+            .values(platform=user.platform, platform_user_id=user.user, created=utcnow())
             .on_conflict_do_nothing(index_elements=["platform", "platform_user_id"])
         )
         created = await session.scalar(_user_query(user))
@@ -518,7 +515,7 @@ class SqlStore:
         user_id = await self._user_id(session, UserKey.of(key))
         await session.execute(
             self._insert(ConversationRow)
-            .values(user_id=user_id, channel=key.channel, created=_now())
+            .values(user_id=user_id, channel=key.channel, created=utcnow())
             .on_conflict_do_nothing(
                 index_elements=["user_id", "channel"],
                 index_where=ConversationRow.closed.is_(None),
