@@ -230,7 +230,9 @@ class ConversationStore(Protocol):
 
     async def prune_messages(self, before: datetime) -> int:
         """Delete every message stored before ``before``, and the conversations (with their
-        summaries) left without messages; return how many messages went."""
+        summaries) left without messages, in one transaction; a summary that covers a deleted
+        message (or does not say which it covers) goes too, since it holds its gist. Return how
+        many messages went."""
         ...
 
     # Ordering

@@ -184,6 +184,10 @@ class InMemoryConversationStore:
             messages = self._conversations[key]
             kept = [m for m in messages if m.created is None or m.created >= before]
             pruned += len(messages) - len(kept)
+            summary = self._summaries.get(key)
+            gone = [m for m in messages if m.created is not None and m.created < before]
+            if summary is not None and any(_covers(summary, m) for m in gone):
+                del self._summaries[key]  # it holds the gist of what went
             if kept:
                 self._conversations[key] = deque(kept, maxlen=self.limit)
             else:
@@ -197,6 +201,15 @@ class InMemoryConversationStore:
         """Within the process only: what this store holds lives in this process, so no other
         process can read or write the conversation."""
         return self._locks.hold(key, wait)
+
+
+def _covers(summary: Summary, message: ChatMessage) -> bool:
+    """Whether ``summary`` may hold the gist of ``message`` (one that does not say which
+    messages it covers may hold any)."""
+    through, mid = _number(summary.through), _number(message.id)
+    if not isinstance(through, int) or not isinstance(mid, int):
+        return True
+    return mid <= through
 
 
 def _number(message_id: str | None) -> int | str | None:

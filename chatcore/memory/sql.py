@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -430,6 +430,20 @@ class SqlStore:
 
     async def prune_messages(self, before: datetime) -> int:
         async def work(session: AsyncSession) -> int:
+            # A summary holds the gist of the messages it covers: it goes with any of them.
+            covered = select(MessageRow.id).where(
+                MessageRow.conversation_id == ConversationRow.id,
+                MessageRow.created < before,
+                or_(
+                    ConversationRow.summary_through.is_(None),
+                    MessageRow.id <= ConversationRow.summary_through,
+                ),
+            )
+            await session.execute(
+                update(ConversationRow)
+                .where(ConversationRow.summary.is_not(None), covered.exists())
+                .values(summary=None, summary_through=None)
+            )
             pruned = await _deleted(session, MessageRow, MessageRow.created < before)
             if pruned:
                 has_messages = select(MessageRow.id).where(
