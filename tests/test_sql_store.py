@@ -32,6 +32,7 @@ from chatcore.memory.base import (
     ConversationStore,
     ErasedCounts,
     StoreError,
+    Summary,
     UserKey,
     counts_of,
 )
@@ -181,6 +182,32 @@ async def test_the_summary_belongs_to_the_current_conversation(store: Conversati
     assert summary.through == stored[-1].id
     await store.set_summary(KEY, "replaced", None)
     assert await store.get_summary(KEY) == type(summary)("replaced", None)
+
+
+async def test_a_summary_is_replaced_only_where_nothing_moved(store: ConversationStore) -> None:
+    first = await store.append(KEY, turn(1))
+    newest = first[-1].id
+    assert newest is not None
+    assert await store.replace_summary(KEY, "one", first[0].id, previous=None, newest=newest)
+    one = await store.get_summary(KEY)
+    assert one == Summary("one", first[0].id)
+    # Another fold stored meanwhile: the summary is no longer the one this fold started from.
+    assert not await store.replace_summary(KEY, "stale", newest, previous=None, newest=newest)
+    assert not await store.replace_summary(
+        KEY, "stale", newest, previous=Summary("one", None), newest=newest
+    )
+    assert await store.replace_summary(KEY, "two", newest, previous=one, newest=newest)
+    two = await store.get_summary(KEY)
+    assert two == Summary("two", newest)
+    # A /reset and a new message: a new conversation, which does not hold the newest message.
+    await store.reset(KEY)
+    await store.append(KEY, turn(2))
+    assert not await store.replace_summary(KEY, "old", newest, previous=None, newest=newest)
+    assert not await store.replace_summary(KEY, "old", newest, previous=two, newest=newest)
+    assert await store.get_summary(KEY) is None
+    # No conversation at all.
+    assert not await store.replace_summary(BOB, "bob", None, previous=None, newest=newest)
+    assert await store.get_summary(BOB) is None
 
 
 async def test_preferences_are_set_replaced_and_deleted_per_user(

@@ -172,6 +172,22 @@ class ConversationStore(Protocol):
         message it covers. Nothing happens when the conversation does not exist."""
         ...
 
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        """``set_summary``, but only if the current conversation's summary is still
+        ``previous`` and it holds the message ``newest``: one atomic check and write (a
+        compare-and-set), so a summary made from an older state never lands on a conversation
+        that moved on meanwhile (another fold, a ``/reset`` and a new message, another
+        process). True when it was stored."""
+        ...
+
     # Users
     async def set_display_name(self, user: UserKey, name: str | None) -> None:
         """Record the user's display name (creating the user if needed)."""

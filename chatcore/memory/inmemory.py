@@ -87,6 +87,25 @@ class InMemoryConversationStore:
         if key in self._conversations:
             self._summaries[key] = Summary(text, through)
 
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        conversation = self._conversations.get(key)
+        if (
+            conversation is None
+            or self._summaries.get(key) != previous
+            or not any(m.id == newest for m in conversation)
+        ):
+            return False
+        self._summaries[key] = Summary(text, through)
+        return True
+
     async def set_display_name(self, user: UserKey, name: str | None) -> None:
         self._names[user] = name
 

@@ -257,16 +257,47 @@ class SqlStore:
         return await self.read(work)
 
     async def set_summary(self, key: ConversationKey, text: str, through: str | None) -> None:
-        through_id = int(through) if through is not None else None
-
         async def work(session: AsyncSession) -> None:
             await session.execute(
                 update(ConversationRow)
                 .where(ConversationRow.id == _open_conversation(key).scalar_subquery())
-                .values(summary=text, summary_through=through_id)
+                .values(summary=text, summary_through=_id(through))
             )
 
         await self.write(work)
+
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        was_text, was_through = (previous.text, previous.through) if previous else (None, None)
+
+        async def work(session: AsyncSession) -> bool:
+            conversation = await session.scalar(_open_conversation(key))
+            holds = select(MessageRow.id).where(
+                MessageRow.conversation_id == conversation, MessageRow.id == _id(newest)
+            )
+            # One statement, its conditions checked on the row it writes (PostgreSQL checks
+            # them again on a row another transaction changed meanwhile).
+            result = await session.execute(
+                update(ConversationRow)
+                .where(
+                    ConversationRow.id == conversation,
+                    ConversationRow.closed.is_(None),
+                    ConversationRow.summary.is_not_distinct_from(was_text),
+                    ConversationRow.summary_through.is_not_distinct_from(_id(was_through)),
+                    holds.exists(),
+                )
+                .values(summary=text, summary_through=_id(through))
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+        return await self.write(work)
 
     # Users
 
@@ -576,6 +607,11 @@ def _open_conversation(key: ConversationKey) -> Select[int]:
             ConversationRow.closed.is_(None),
         )
     )
+
+
+def _id(message_id: str | None) -> int | None:
+    """A message id as the database keeps it."""
+    return None if message_id is None else int(message_id)
 
 
 def _chat_message(row: MessageRow) -> ChatMessage:
