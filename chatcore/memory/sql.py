@@ -77,7 +77,11 @@ class SqlStore:
         return self.url.get_backend_name()
 
     def describe(self) -> str:
-        """The database URL with its password masked, for messages."""
+        """The database, for messages: a SQLite database's file, else the URL with its
+        password masked."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            return str(path)
         return mask_url(self.url.render_as_string(hide_password=False))
 
     async def open(self) -> None:
