@@ -67,7 +67,7 @@ ConfigOption = Annotated[
 
 
 def _fail(lines: list[str], code: int = 2) -> typer.Exit:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
     for line in lines:
         err.print(terminal_safe(line), markup=False)
     return typer.Exit(code)
@@ -239,7 +239,7 @@ UserOption = Annotated[
     typer.Option(
         "--user",
         "-u",
-        help="The user, as PLATFORM:ID: discord:123456, terminal:sam, ...",
+        help="The user, as PLATFORM:ID (e.g. discord:123456 or terminal:sam).",
         show_default=False,
     ),
 ]
@@ -273,7 +273,9 @@ def memory_export(
     except OSError as error:
         raise _fail([f"error: cannot write {output}: {error.strerror or error}"]) from None
     counts = counts_of(data)
-    typer.echo(f"wrote {key} ({counts.describe()}) from {where} to {output}", err=True)
+    typer.echo(
+        terminal_safe(f"wrote {key} ({counts.describe()}) from {where} to {output}"), err=True
+    )
 
 
 @memory_app.command("forget")
@@ -291,7 +293,14 @@ def memory_forget(
     key = _user_key(user)
     where, data = _user_data(settings, key)
     what = counts_of(data).describe()
-    typer.echo(f"to erase: {key} in {where}: {what}, their record, and what plugins keep")
+    typer.echo(
+        terminal_safe(f"to erase: {key} in {where}: {what}, their record, and what plugins keep")
+    )
+    if key.platform == "terminal":
+        typer.echo(
+            "the terminal's input history will be emptied too: it is one file, shared by "
+            "everyone who chats in the terminal, so what others typed there goes as well"
+        )
     if not yes:
         if not sys.stdin.isatty():
             raise _fail(
@@ -303,7 +312,7 @@ def memory_forget(
         if not typer.confirm("Erase all of it? It cannot be undone", default=False):
             raise _fail(["nothing was erased"], code=1)
     counts = _erase(settings, key)
-    typer.echo(f"erased {key}: {counts.describe()}")
+    typer.echo(terminal_safe(f"erased {key}: {counts.describe()}"))
     if not counts.clean:
         raise _fail(
             [
@@ -317,7 +326,7 @@ def memory_forget(
 
 def _user_key(text: str) -> UserKey:
     try:
-        return UserKey.parse(text)
+        return UserKey.parse(text.strip())
     except ValueError as error:
         raise _fail([f"error: --user {error}"]) from None
 

@@ -179,7 +179,8 @@ async def preferences(context: CommandContext) -> str:
     """``/prefs``, ``/prefs set KEY VALUE``, ``/prefs unset KEY``."""
     store = context.services.store
     user = UserKey.of(context.message.conversation)
-    action, _, rest = context.args.partition(" ")
+    action, _, rest = context.args.strip().partition(" ")
+    action = action.lower()
     key, _, value = rest.strip().partition(" ")
     key = key.lower()
     if action == "":
@@ -196,7 +197,8 @@ async def preferences(context: CommandContext) -> str:
         try:
             normalised = normalise_preference(key, value)
         except PreferenceValueError as error:
-            return f"Not saved: {error}."
+            reason = str(error)
+            return f"Not saved: {reason}" + ("" if reason.endswith((".", "!", "?")) else ".")
         await store.set_preference(user, key, normalised, "explicit")
         return f"Saved: {key} = {normalised}."
     if action == "unset" and key:

@@ -184,12 +184,12 @@ class RollingSummaries:
             text = await summarizer("" if summary is None else summary.text, left_out)
             # Stored only where nothing moved meanwhile: no newer summary (an earlier fold, or
             # another process) and the same conversation, which still holds the newest message
-            # (no /reset). Else the next reply folds.
-            if await self.store.get_summary(key) != summary:
-                return
-            if not any(m.id == newest for m in await self.store.history(key)):
-                return
-            await self.store.set_summary(key, text, through)
+            # (no /reset). Checked and written at once by the store; else the next reply folds.
+            stored = await self.store.replace_summary(
+                key, text, through, previous=summary, newest=newest
+            )
+            if not stored:
+                log.debug("the summary of %s changed meanwhile; left to the next fold", key)
         except Exception:
             log.warning(
                 "summarising old turns of %s failed; kept the last summary", key, exc_info=True
