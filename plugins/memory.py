@@ -95,6 +95,8 @@ async def _store_facts_within(
     # Kept (and ended at close, or when the user is erased) whatever happens to this hook.
     services.memories.track(work, user)
     done, _ = await asyncio.wait([work], timeout=services.settings.plugins.hook_timeout / 2)
+    if work.cancelled():
+        return []  # the user erased their data meanwhile (``Memories.stop_tracked``)
     if work in done:
         return work.result()
     log.info("memory: storing facts from message %s goes on in the background", message_id)

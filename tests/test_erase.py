@@ -176,13 +176,39 @@ async def test_the_erase_cancels_the_users_background_stores(
     await _events(app, "My cat is called Tom.", user="ann")
     assert len(memories._tracked) == 2
     await _confirmed(app)
-    assert list(memories._tracked.values()) == [UserKey("discord", "ann")]  # sam's: ended
+    assert len(memories._tracked) == 1  # sam's ended; ann's goes on
     loaded.set()
     await asyncio.wait(list(memories._tracked))
     assert await memories.list(DISCORD_SAM) == []
     assert [m.text for m in await memories.list(UserKey("discord", "ann"))] == [
         "The user's cat is called Tom."
     ]
+
+
+async def test_an_erase_while_a_reply_finished_hook_waits_for_its_facts_is_no_plugin_fault(
+    fake_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    memories = fake_app.engine.memories
+    embedder, loaded = memories.embedder, asyncio.Event()
+
+    class LoadingEmbedder:
+        dim = embedder.dim
+
+        async def embed(self, texts: Sequence[str]) -> Any:
+            await loaded.wait()
+            return await embedder.embed(texts)
+
+    memories._recall.embedder = LoadingEmbedder()  # type: ignore[assignment]
+    other = asyncio.ensure_future(_events(fake_app, "My dog is called Rex.", channel="guild-1"))
+    await _until(lambda: len(memories._tracked) == 1)  # the hook waits for the fact's store
+    with caplog.at_level(logging.ERROR):
+        assert (await _confirmed(fake_app)).startswith("Erased everything stored about you")
+        events = await other
+    assert [type(e) for e in events][-1] is Reply  # no notice: nothing was stored
+    assert caplog.records == []
+    assert fake_app.plugins.infos["memory"].hook_errors == 0
+    loaded.set()
+    assert await fake_app.engine.store.export_user(DISCORD_SAM) is None
 
 
 async def test_a_turn_in_another_conversation_stores_nothing_after_the_erase(
@@ -314,12 +340,12 @@ async def test_closing_tells_how_many_background_stores_were_lost(
 ) -> None:
     memories = fake_app.engine.memories
     never = asyncio.Event()
-    memories.track(asyncio.ensure_future(never.wait()), DISCORD_SAM)
+    memories.track(asyncio.ensure_future(never.wait()))
     memories.track(asyncio.ensure_future(never.wait()))
     with caplog.at_level(logging.WARNING, "chatcore.memory.service"):
         await memories.close()
     assert "2 background memory stores still running at close were cancelled" in caplog.text
-    assert memories._tracked == {}
+    assert not memories._tracked
 
 
 async def test_a_summary_fold_that_began_before_the_erase_writes_nothing() -> None:
