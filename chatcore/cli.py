@@ -312,24 +312,21 @@ def memory_forget(
     erased = _erase(settings, key)
     counts = erased.counts
     typer.echo(f"erased {key}: {counts.describe()}")
+    warnings = []
+    if not counts.clean:
+        warnings.append(
+            "warning: the database file could not be rebuilt (another process was using "
+            "it): copies of the erased text may stay in it until chatcore next erases or "
+            "closes; see docs/memory.md"
+        )
     if erased.failed_plugins:
         names = ", ".join(repr(name) for name in erased.failed_plugins)
-        raise _fail(
-            [
-                f"warning: plugins that could not erase their data about {key} (see the log "
-                f"above): {names}; fix them and run this again"
-            ],
-            code=3,
+        warnings.append(
+            f"warning: plugins that could not erase their data about {key} (see the log "
+            f"above): {names}; fix them and run this again"
         )
-    if not counts.clean:
-        raise _fail(
-            [
-                "warning: the database file could not be rebuilt (another process was using "
-                "it): copies of the erased text may stay in it until chatcore next erases or "
-                "closes; see docs/memory.md"
-            ],
-            code=0,
-        )
+    if warnings:
+        raise _fail(warnings, code=3 if erased.failed_plugins else 0)
 
 
 def _user_key(text: str) -> UserKey:
