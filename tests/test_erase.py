@@ -171,7 +171,7 @@ async def test_the_erase_cancels_the_users_background_stores(
             await loaded.wait()
             return await embedder.embed(texts)
 
-    memories._recall.embedder = LoadingEmbedder()  # type: ignore[assignment]
+    memories._recall.embedder = LoadingEmbedder()
     await _events(app, "My dog is called Rex.")
     await _events(app, "My cat is called Tom.", user="ann")
     assert len(memories._tracked) == 2
@@ -198,7 +198,7 @@ async def test_an_erase_while_a_reply_finished_hook_waits_for_its_facts_is_no_pl
             await loaded.wait()
             return await embedder.embed(texts)
 
-    memories._recall.embedder = LoadingEmbedder()  # type: ignore[assignment]
+    memories._recall.embedder = LoadingEmbedder()
     other = asyncio.ensure_future(_events(fake_app, "My dog is called Rex.", channel="guild-1"))
     await _until(lambda: len(memories._tracked) == 1)  # the hook waits for the fact's store
     with caplog.at_level(logging.ERROR):
