@@ -39,6 +39,7 @@ from chatcore.events import (
     Usage,
 )
 from chatcore.generation.types import Backend, GenerationError
+from chatcore.memory.barrier import UserErasedError
 from chatcore.memory.base import ConversationBusyError, ConversationStore, UserKey
 from chatcore.memory.learn import prompt_lines
 from chatcore.memory.service import Memories
@@ -132,13 +133,13 @@ class Engine:
         self.store = store
         self.plugins = plugins or PluginHost()
         self.memories = memories or Memories(store, settings.memory)
-        privacy = Privacy(settings, store, self.memories, self.plugins)
-        self.services = Services(settings, store, self.memories, privacy)
+        self.services: Services = Privacy(settings, store, self.memories, self.plugins).services
         """What hooks and commands get: never the engine itself."""
         self.summaries = RollingSummaries(
             store,
             enabled=settings.memory.summaries,
             history_limit=settings.context.history_limit,
+            barrier=self.memories.barrier,
         )
         self._context: ContextBuilder | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
@@ -173,12 +174,14 @@ class Engine:
     def stop(self) -> asyncio.Future[Any]:
         """Take no more messages and stop every one in flight or queued: each stream ends with
         a ``cancelled`` error saying the bot is shutting down, and each partial reply is
-        stored; summaries in the making are dropped. Returns when all of them have ended."""
+        stored; summaries in the making are dropped. Returns when all of them have ended, and
+        the erases in flight too (within half of ``lifecycle.shutdown_timeout``)."""
         self._stopping = True
         tasks = [*self._tasks, *self.summaries.stop()]
         for task in tasks:
             task.cancel()
-        return asyncio.gather(*(asyncio.wait([t]) for t in tasks))
+        erases = self.services.privacy.close(self.settings.lifecycle.shutdown_timeout / 2)
+        return asyncio.gather(erases, *(asyncio.wait([t]) for t in tasks))
 
     async def close(self) -> None:
         """``stop``, then close the backend and the store."""
@@ -233,6 +236,8 @@ class Engine:
             if previous is not None:
                 await asyncio.wait([previous])
             async with self._conversation(message.conversation):
+                # What this turn writes about its user is dropped if they are erased meanwhile.
+                await self.memories.barrier.begin(UserKey.of(message.conversation))
                 await self.plugins.call("message_received", message=message, services=self.services)
                 command = parse_command(message.text)
                 if command is not None:
@@ -374,15 +379,14 @@ class Engine:
             turn = [ChatMessage("user", message.text)]
             if text.strip():
                 turn.append(ChatMessage("assistant", text))
-            # Shielded: a second cancellation (a shutdown past its grace) must not lose it.
-            kept = await asyncio.shield(self.store.append(key, turn))
+            kept = await self._store_turn(key, turn)
         reply = Reply(message.id, text, finish, usage, streamed=True)
         request.emit(reply)
+        if kept is None:
+            return
         self.summaries.update(key, rolling, [*history, *kept], prompt.dropped)
         await self._record_costs(key, kept)
-        notices = await self.plugins.call(
-            "reply_finished", message=message, reply=reply, services=self.services
-        )
+        notices = await self._after_reply(message, reply)
         for plugin, notice in notices:
             if isinstance(notice, str):
                 if notice.strip():
@@ -393,6 +397,31 @@ class Engine:
                     plugin,
                     type(notice).__name__,
                 )
+
+    async def _store_turn(
+        self, key: ConversationKey, turn: list[ChatMessage]
+    ) -> list[ChatMessage] | None:
+        """Store the turn; None, storing nothing, when its user was erased since the turn
+        began. Finished even when cancelled: a second cancellation (a shutdown past its grace)
+        must not lose it."""
+        try:
+            return await self.memories.barrier.write(
+                UserKey.of(key), partial(self.store.append, key, turn)
+            )
+        except UserErasedError:
+            log.info("%s: the user was erased during the turn; nothing of it is kept", key)
+            return None
+
+    async def _after_reply(self, message: Message, reply: Reply) -> list[tuple[str, Any]]:
+        """The ``reply_finished`` hooks, as a write about the user (they learn and store): none
+        when the user was erased since the turn began, and an erase waits for them."""
+        try:
+            async with self.memories.barrier.guarded(UserKey.of(message.conversation)):
+                return await self.plugins.call(
+                    "reply_finished", message=message, reply=reply, services=self.services
+                )
+        except UserErasedError:
+            return []
 
 
 def _logged_failure(

@@ -265,12 +265,14 @@ class PluginHost:
         *,
         seconds: float | None = None,
         concurrently: bool = False,
+        faults: list[PluginFault] | None = None,
         **kwargs: Any,
     ) -> list[tuple[str, Any]]:
         """Call every implementation of a hook, newest plugin first (or all at once when
         ``concurrently``); return the ``(plugin name, result)`` pairs that are not None. A
         plugin that raises or runs past its time limit is logged by name and skipped: the
-        hook's observers go on."""
+        hook's observers go on. Its ``PluginFault`` is appended to ``faults`` when given, for a
+        caller that must tell someone (an erase a plugin could not finish)."""
         impls = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             if impl.wrapper or impl.hookwrapper:
@@ -288,7 +290,9 @@ class PluginHost:
                 return await self.invoke(
                     impl.plugin_name, f"hook {hook_name}", impl.function, args, seconds=seconds
                 )
-            except PluginFault:
+            except PluginFault as fault:
+                if faults is not None:
+                    faults.append(fault)
                 return None  # logged by invoke; an observer's failure never stops the message
 
         if concurrently:
