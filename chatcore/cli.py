@@ -13,7 +13,7 @@ import logging
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, overload
 
 import typer
 from rich.console import Console
@@ -31,9 +31,12 @@ from chatcore.config import (
 )
 from chatcore.files import write_private
 from chatcore.generation.types import GenerationError
-from chatcore.memory.base import ErasedCounts, StoreError, UserKey, counts_of
+from chatcore.memory.base import StoreError, UserKey, counts_of
 from chatcore.plugins import PluginError, PluginHost
 from chatcore.text import terminal_safe
+
+if TYPE_CHECKING:
+    from chatcore.privacy import Erased
 
 app = typer.Typer(
     name="chatcore",
@@ -67,7 +70,7 @@ ConfigOption = Annotated[
 
 
 def _fail(lines: list[str], code: int = 2) -> typer.Exit:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
     for line in lines:
         err.print(terminal_safe(line), markup=False)
     return typer.Exit(code)
@@ -239,7 +242,7 @@ UserOption = Annotated[
     typer.Option(
         "--user",
         "-u",
-        help="The user, as PLATFORM:ID: discord:123456, terminal:sam, ...",
+        help="The user, as PLATFORM:ID (e.g. discord:123456 or terminal:sam).",
         show_default=False,
     ),
 ]
@@ -273,7 +276,9 @@ def memory_export(
     except OSError as error:
         raise _fail([f"error: cannot write {output}: {error.strerror or error}"]) from None
     counts = counts_of(data)
-    typer.echo(f"wrote {key} ({counts.describe()}) from {where} to {output}", err=True)
+    typer.echo(
+        terminal_safe(f"wrote {key} ({counts.describe()}) from {where} to {output}"), err=True
+    )
 
 
 @memory_app.command("forget")
@@ -286,12 +291,29 @@ def memory_forget(
     config: ConfigOption = None,
 ) -> None:
     """Erase everything stored about a user, and what plugins keep about them (the terminal's
-    input history for a terminal user). It cannot be undone. Exit code 1: nothing is stored."""
+    input history for a terminal user), also when the database holds nothing about them. It
+    cannot be undone. Exit code 1: you answered no; 3: a plugin could not erase its data."""
     settings = _settings(config)
     key = _user_key(user)
-    where, data = _user_data(settings, key)
-    what = counts_of(data).describe()
-    typer.echo(f"to erase: {key} in {where}: {what}, their record, and what plugins keep")
+    where, data = _user_data(settings, key, required=False)
+    if data is None:
+        typer.echo(
+            terminal_safe(
+                f"to erase: what plugins keep about {key} ({where} holds nothing about them)"
+            )
+        )
+    else:
+        what = counts_of(data).describe()
+        typer.echo(
+            terminal_safe(
+                f"to erase: {key} in {where}: {what}, their record, and what plugins keep"
+            )
+        )
+    if key.platform == "terminal":
+        typer.echo(
+            "the terminal's input history will be emptied too: it is one file, shared by "
+            "everyone who chats in the terminal, so what others typed there goes as well"
+        )
     if not yes:
         if not sys.stdin.isatty():
             raise _fail(
@@ -302,29 +324,44 @@ def memory_forget(
             )
         if not typer.confirm("Erase all of it? It cannot be undone", default=False):
             raise _fail(["nothing was erased"], code=1)
-    counts = _erase(settings, key)
-    typer.echo(f"erased {key}: {counts.describe()}")
+    erased = _erase(settings, key)
+    counts = erased.counts
+    typer.echo(terminal_safe(f"erased {key}: {counts.describe()}"))
+    warnings = []
     if not counts.clean:
-        raise _fail(
-            [
-                "warning: the database file could not be rebuilt (another process was using "
-                "it): copies of the erased text may stay in it until chatcore next erases or "
-                "closes; see docs/memory.md"
-            ],
-            code=0,
+        warnings.append(
+            "warning: the database file could not be rebuilt (another process was using "
+            "it): copies of the erased text may stay in it until chatcore next erases or "
+            "closes; see docs/memory.md"
         )
+    if erased.failed_plugins:
+        names = ", ".join(repr(name) for name in erased.failed_plugins)
+        warnings.append(
+            f"warning: plugins that could not erase their data about {key} (see the log "
+            f"above): {names}; fix them and run this again"
+        )
+    if warnings:
+        raise _fail(warnings, code=3 if erased.failed_plugins else 0)
 
 
 def _user_key(text: str) -> UserKey:
     try:
-        return UserKey.parse(text)
+        return UserKey.parse(text.strip())
     except ValueError as error:
         raise _fail([f"error: --user {error}"]) from None
 
 
-def _user_data(settings: Settings, user: UserKey) -> tuple[str, dict[str, Any]]:
+@overload
+def _user_data(settings: Settings, user: UserKey) -> tuple[str, dict[str, Any]]: ...
+@overload
+def _user_data(
+    settings: Settings, user: UserKey, *, required: bool
+) -> tuple[str, dict[str, Any] | None]: ...
+def _user_data(
+    settings: Settings, user: UserKey, *, required: bool = True
+) -> tuple[str, dict[str, Any] | None]:
     """(the database, described; everything it stores about ``user``), without creating
-    the database; exit code 1 when it stores nothing about them."""
+    the database; exit code 1 when it stores nothing about them and ``required``."""
     from chatcore.app import open_store
 
     async def work() -> tuple[str, dict[str, Any] | None]:
@@ -341,19 +378,19 @@ def _user_data(settings: Settings, user: UserKey) -> tuple[str, dict[str, Any]]:
         where, data = asyncio.run(work())
     except StoreError as error:
         raise _fail([f"error: {error}"]) from None
-    if data is None:
+    if data is None and required:
         raise _fail([f"error: nothing is stored about {user} in {where}"], code=1)
     return where, data
 
 
-def _erase(settings: Settings, user: UserKey) -> ErasedCounts:
+def _erase(settings: Settings, user: UserKey) -> Erased:
     """Erase ``user`` as ``/forget-me`` does: the store, then every plugin's ``user_erased``
     (plugins are loaded, adapters are not started)."""
     from chatcore.app import open_store
     from chatcore.memory.service import Memories
     from chatcore.privacy import Privacy
 
-    async def work() -> ErasedCounts:
+    async def work() -> Erased:
         plugins = PluginHost()
         await plugins.load(settings)
         store = open_store(settings)

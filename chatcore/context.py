@@ -5,6 +5,7 @@ Counts with the model's own tokenizer and chat template, so the budget is exact 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -111,7 +112,9 @@ class ContextBuilder:
         self.extra_share = extra_share
         self.summary_cap = int(self.budget * summary_share)
         """Most tokens the rolling summary may take."""
-        self._costs: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self._costs: OrderedDict[bytes, int] = OrderedDict()
+        """Token costs by a digest of (system, role, content): no text is kept (it may be
+        erased), and 20k entries stay small however long the messages are."""
         self._lock = threading.Lock()
 
     def check_system_prompt(self, system_prompt: str) -> None:
@@ -188,7 +191,7 @@ class ContextBuilder:
         """The tokens ``message`` adds to a prompt (remembered; ``message.tokens`` when set)."""
         if message.tokens is not None:
             return message.tokens
-        key = (system, message.role, message.content)
+        key = _cache_key(system, message.role, message.content)
         with self._lock:
             known = self._costs.get(key)
             if known is not None:
@@ -343,3 +346,14 @@ def split_turns(history: Sequence[ChatMessage]) -> list[list[ChatMessage]]:
 
 def _flatten(turns: Sequence[Sequence[ChatMessage]]) -> list[ChatMessage]:
     return [message for turn in turns for message in turn]
+
+
+def _cache_key(*parts: str) -> bytes:
+    """A 16-byte digest of ``parts``, each one framed by its length so that no two different
+    tuples share a key."""
+    digest = hashlib.blake2b(digest_size=16, person=b"chatcore-cost")
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest()

@@ -22,7 +22,7 @@ from chatcore.context import ContextBuilder
 from chatcore.events import ConversationKey, Message, Reply, ReplyError, ReplyEvent
 from chatcore.failures import logged_failure
 from chatcore.generation.types import Backend
-from chatcore.memory.base import ConversationBusyError, ConversationStore
+from chatcore.memory.base import ConversationBusyError, ConversationStore, UserKey
 from chatcore.memory.service import Memories
 from chatcore.memory.summary import ExtractiveSummarizer, RollingSummaries
 from chatcore.metrics import Metrics
@@ -122,13 +122,13 @@ class Engine:
         self.store = store
         self.plugins = plugins or PluginHost()
         self.memories = memories or Memories(store, settings.memory)
-        privacy = Privacy(settings, store, self.memories, self.plugins)
-        self.services = Services(settings, store, self.memories, privacy)
+        self.services: Services = Privacy(settings, store, self.memories, self.plugins).services
         """What hooks and commands get: never the engine itself."""
         self.summaries = RollingSummaries(
             store,
             enabled=settings.memory.summaries,
             history_limit=settings.context.history_limit,
+            barrier=self.memories.barrier,
         )
         self.metrics = metrics or Metrics()
         """Where the pipeline counts what its steps did (the app shares it with adapters)."""
@@ -198,12 +198,14 @@ class Engine:
     def stop(self) -> asyncio.Future[Any]:
         """Take no more messages and stop every one in flight or queued: each stream ends with
         a ``cancelled`` error saying the bot is shutting down, and each partial reply is
-        stored; summaries in the making are dropped. Returns when all of them have ended."""
+        stored; summaries in the making are dropped. Returns when all of them have ended, and
+        the erases in flight too (within half of ``lifecycle.shutdown_timeout``)."""
         self._stopping = True
         tasks = [*self._tasks, *self.summaries.stop()]
         for task in tasks:
             task.cancel()
-        return asyncio.gather(*(asyncio.wait([t]) for t in tasks))
+        erases = self.services.privacy.close(self.settings.lifecycle.shutdown_timeout / 2)
+        return asyncio.gather(erases, *(asyncio.wait([t]) for t in tasks))
 
     async def close(self) -> None:
         """``stop``, then close the backend and the store."""
@@ -265,6 +267,8 @@ class Engine:
                 except Blocked as blocked:
                     request.emit(refusal(message, blocked))
                     return
+                # What this turn writes about its user is dropped if they are erased meanwhile.
+                await self.memories.barrier.begin(UserKey.of(message.conversation))
                 await self.plugins.call("message_received", message=message, services=self.services)
                 route = self.router.route(message)
                 if isinstance(route, CommandRoute):

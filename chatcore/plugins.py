@@ -303,18 +303,22 @@ class PluginHost:
         *,
         seconds: float | None = None,
         concurrently: bool = False,
+        faults: list[PluginFault] | None = None,
         **kwargs: Any,
     ) -> list[tuple[str, Any]]:
         """For observers: call every implementation of a hook, newest plugin first (or all at
         once when ``concurrently``); return the ``(plugin name, result)`` pairs that are not
         None. A plugin that raises or runs past its time limit is logged by name and skipped:
-        the hook's other observers go on."""
+        the hook's other observers go on. Its ``PluginFault`` is appended to ``faults`` when
+        given, for a caller that must tell someone (an erase a plugin could not finish)."""
         impls = self._impls(hook_name)
 
         async def one(impl: Any) -> Any:
             try:
                 return await self._call_one(impl, hook_name, kwargs, seconds)
-            except PluginFault:
+            except PluginFault as fault:
+                if faults is not None:
+                    faults.append(fault)
                 return None  # logged by invoke; an observer's failure never stops the message
 
         if concurrently:

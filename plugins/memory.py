@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from chatcore import hookimpl
 from chatcore.commands import Command, CommandContext
 from chatcore.events import Message
+from chatcore.memory.barrier import UserErasedError
 from chatcore.memory.base import Memory, UserKey, counts_of
 from chatcore.memory.learn import (
     PREFERENCE_KEYS,
@@ -32,6 +33,7 @@ from chatcore.memory.learn import (
 )
 from chatcore.memory.service import MAX_MEMORY_CHARS, Memories, MemoryTextError
 from chatcore.memory.utterance import fold
+from chatcore.privacy import Erased
 from chatcore.services import Services
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,11 @@ async def _store_facts_within(
     limit: past it (the embedder's first load, on a slow machine) the facts are stored in the
     background and announced without their ids, rather than the hook being cut off."""
     work = asyncio.ensure_future(_store_facts(services.memories, user, facts, message_id))
-    services.memories.track(work)  # kept (and ended at close) whatever happens to this hook
+    # Kept (and ended at close, or when the user is erased) whatever happens to this hook.
+    services.memories.track(work, user)
     done, _ = await asyncio.wait([work], timeout=services.settings.plugins.hook_timeout / 2)
+    if work.cancelled():
+        return []  # the user erased their data meanwhile (``Memories.stop_tracked``)
     if work in done:
         return work.result()
     log.info("memory: storing facts from message %s goes on in the background", message_id)
@@ -108,6 +113,8 @@ async def _store_facts(
         except MemoryTextError as error:
             log.info("memory: a fact from message %s not stored: %s", message_id, error)
             continue
+        except UserErasedError:
+            return []  # the user erased their data meanwhile: nothing is stored, nothing told
         except Exception:  # the others may still work; the reply is out already
             log.exception("memory: storing a fact of %s from message %s failed", user, message_id)
             continue
@@ -179,7 +186,8 @@ async def preferences(context: CommandContext) -> str:
     """``/prefs``, ``/prefs set KEY VALUE``, ``/prefs unset KEY``."""
     store = context.services.store
     user = UserKey.of(context.message.conversation)
-    action, _, rest = context.args.partition(" ")
+    action, _, rest = context.args.strip().partition(" ")
+    action = action.lower()
     key, _, value = rest.strip().partition(" ")
     key = key.lower()
     if action == "":
@@ -196,7 +204,8 @@ async def preferences(context: CommandContext) -> str:
         try:
             normalised = normalise_preference(key, value)
         except PreferenceValueError as error:
-            return f"Not saved: {error}."
+            reason = str(error)
+            return f"Not saved: {reason}" + ("" if reason.endswith((".", "!", "?")) else ".")
         await store.set_preference(user, key, normalised, "explicit")
         return f"Saved: {key} = {normalised}."
     if action == "unset" and key:
@@ -222,6 +231,8 @@ async def remember(context: CommandContext) -> str:
         memory = await memories.remember(user, context.args)
     except MemoryTextError as error:
         return f"Not remembered: {error}. {REMEMBER_USAGE}"
+    except UserErasedError:
+        return "Not remembered: your data was erased meanwhile. Send it again to keep it."
     return f"Remembered as memory {memory.id}; /forget {memory.id} removes it."
 
 
@@ -279,10 +290,19 @@ MAX_PENDING = 10_000
 """Codes kept waiting at most (the oldest are dropped first)."""
 
 
+ERASING_ON = (
+    "Erasing everything stored about you is taking a while; it goes on, and nothing you send "
+    "from now on is mixed with the old data. Send /forget-me in a few minutes to check that "
+    "nothing is left."
+)
+
+
 class ForgetMe:
     """``/forget-me`` says what would be erased and gives a short code, valid ``ttl`` seconds
-    for that user only; ``/forget-me CODE`` then erases it all (``services.privacy.erase``).
-    A wrong code erases nothing and voids the code, so codes cannot be guessed in turns."""
+    for that user only; ``/forget-me CODE`` then erases it all (``services.privacy``), also
+    when the store knows nothing about them (plugins may keep something). A wrong code erases
+    nothing and voids the code, so codes cannot be guessed in turns. Codes live in this
+    process's memory (docs/memory.md)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, ttl: float = CODE_TTL) -> None:
         self.clock = clock
@@ -305,27 +325,53 @@ class ForgetMe:
             )
         if not secrets.compare_digest(given, pending[0]):
             return "Nothing was erased: that code is wrong. Send /forget-me for a new one."
-        counts = await context.services.privacy.erase(user)
-        return (
-            f"Erased everything stored about you: {counts.describe()}, and what plugins "
-            "kept. If you write again, that starts afresh."
-        )
+        # The erase is a task of its own that goes on if this command is cut off; it is waited
+        # for at most half the command's time limit, so the answer is never a timeout error.
+        erase = context.services.privacy.start_erase(user)
+        waited = context.services.settings.plugins.command_timeout / 2
+        done, _ = await asyncio.wait([erase], timeout=waited)
+        return erased_reply(erase.result()) if done else ERASING_ON
 
     async def _ask(self, context: CommandContext, user: UserKey, now: float) -> str:
         data = await context.services.privacy.export(user)
-        if data is None:
-            return "Nothing is stored about you."
         code = secrets.token_hex(3).upper()
         self._pending.pop(user, None)
         while len(self._pending) >= MAX_PENDING:
             del self._pending[next(iter(self._pending))]
         self._pending[user] = (code, now + self.ttl)
         minutes = max(1, round(self.ttl / 60))
+        confirm = f"To confirm, send /forget-me {code} within {minutes} minutes."
+        if data is None:
+            return (
+                "Nothing is stored about you, apart from what plugins may keep. This erases "
+                f"that. {confirm}"
+            )
         return (
             f"This erases everything stored about you: {counts_of(data).describe()}, your "
-            "record, and what plugins keep about you. It cannot be undone. To confirm, send "
-            f"/forget-me {code} within {minutes} minutes."
+            f"record, and what plugins keep about you. It cannot be undone. {confirm}"
         )
+
+
+def erased_reply(erased: Erased) -> str:
+    """What ``/forget-me CODE`` answers once the erase is done: what went, and which plugins
+    could not erase their data (the user can then ask the operator)."""
+    gone = erased.counts.describe()
+    failed = erased.failed_plugins
+    if not failed:
+        return (
+            f"Erased everything stored about you: {gone}, and what plugins kept. If you write "
+            "again, that starts afresh."
+        )
+    names = ", ".join(repr(name) for name in failed)
+    which = (
+        f"plugin {names} could not erase its"
+        if len(failed) == 1
+        else (f"plugins {names} could not erase their")
+    )
+    return (
+        f"Erased what chatcore stored about you: {gone}. But {which} data; it was logged, tell "
+        "the operator. If you write again, that starts afresh."
+    )
 
 
 def forget_me_command() -> Command:

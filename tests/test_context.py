@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import types
 from collections.abc import Sequence
 
 import pytest
@@ -181,6 +183,38 @@ def test_the_least_relevant_recalled_memories_go_first() -> None:
     assert "most relevant" in prompt.messages[-1].content
     assert "third" not in prompt.messages[-1].content
     assert prompt.trimmed == 2
+
+
+def _texts_reachable_from(root: object) -> list[str]:
+    """Every string that ``root`` refers to, directly or through its containers (not through
+    classes, modules or functions, which are shared code, not data)."""
+    shared = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+    seen: set[int] = set()
+    found: list[str] = []
+    todo: list[object] = [root]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or isinstance(item, shared):
+            continue
+        seen.add(id(item))
+        assert len(seen) < 100_000, "the walk does not end"
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, bytes):
+            found.append(item.decode("latin-1"))
+        else:
+            todo.extend(gc.get_referents(item))
+    return found
+
+
+def test_remembered_costs_hold_no_text() -> None:
+    builder = ContextBuilder(WordTokenizer(4000), reserve=100)
+    history = [ChatMessage("user", "my passport is CANARY123"), ChatMessage("assistant", "ok")]
+    builder.build("sys CANARY456", history, "next")
+    assert builder.cost(history[0], "sys CANARY456") == builder.cost(history[0], "sys CANARY456")
+    texts = _texts_reachable_from(builder)
+    assert texts  # the walk does reach strings (attribute names at least)
+    assert not [text for text in texts if "CANARY" in text]
 
 
 def test_history_costs_are_counted_once_and_reused() -> None:

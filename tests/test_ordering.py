@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from chatcore.events import ConversationKey, Message, Reply, ReplyChunk, ReplyError, ReplyEvent
+from chatcore.events import (
+    ChatMessage,
+    ConversationKey,
+    Message,
+    Reply,
+    ReplyChunk,
+    ReplyError,
+    ReplyEvent,
+)
 from chatcore.generation.fake import FakeBackend
 from chatcore.memory.base import ConversationBusyError
 from chatcore.memory.locks import ConversationLocks
@@ -47,10 +55,11 @@ def _child(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
     )
 
 
-def _two_senders(url: str, tmp_path: Path) -> list[dict[str, Any]]:
-    """Run two sending processes at once on ``url``; every JSON line they printed."""
+def _two_senders(url: str, tmp_path: Path, *extra: str) -> list[dict[str, Any]]:
+    """Run two sending processes at once on ``url`` (``extra``: more arguments for each);
+    every JSON line they printed."""
     children = [
-        _child("send", url, str(tmp_path / name), name, str(SENDS), stdin=True)
+        _child("send", url, str(tmp_path / name), name, str(SENDS), *extra, stdin=True)
         for name in ("one", "two")
     ]
     watchdogs = [threading.Timer(120, child.kill) for child in children]
@@ -85,12 +94,7 @@ async def test_one_conversation_stays_in_order_across_two_processes(
     records = await asyncio.to_thread(_two_senders, shared_url, tmp_path)
     finals = [r for r in records if "final" in r]
     assert len(finals) == 2 * SENDS and all(r["final"] == "Reply" for r in finals), finals
-    seen = {r["prompt"]: r["history"] for r in records if "prompt" in r}
-    store = SqlStore(shared_url, history_limit=10**6)
-    try:
-        history = await store.history(KEY)
-    finally:
-        await store.close()
+    history = await _stored(shared_url)
     assert len(history) == 4 * SENDS
     questions, answers = history[0::2], history[1::2]
     assert {m.role for m in questions} == {"user"} and {m.role for m in answers} == {"assistant"}
@@ -98,8 +102,38 @@ async def test_one_conversation_stays_in_order_across_two_processes(
         f"{name} message {n}" for name in ("one", "two") for n in range(SENDS)
     )
     assert [m.content for m in answers] == [f"You said: {m.content}" for m in questions]
-    in_prompt = [seen[m.content] for m in questions]
+    in_prompt = _history_in_prompts(records, questions)
     assert in_prompt == list(range(0, 4 * SENDS, 2)), in_prompt
+
+
+async def test_without_the_lock_the_ordering_check_fails(shared_url: str, tmp_path: Path) -> None:
+    """The negative control of the test above: with the conversation lock holding nothing, and
+    the first turns of the two processes made to overlap, two prompts see the same history."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    records = await asyncio.to_thread(_two_senders, shared_url, tmp_path, "--no-lock", str(barrier))
+    assert sorted(p.name for p in barrier.iterdir()) == ["one", "two"]  # both got there
+    history = await _stored(shared_url)
+    questions = [m for m in history if m.role == "user"]
+    assert len(questions) == 2 * SENDS
+    in_prompt = _history_in_prompts(records, questions)
+    assert in_prompt != list(range(0, 4 * SENDS, 2))
+    assert in_prompt.count(0) == 2, in_prompt  # both first prompts saw an empty conversation
+
+
+async def _stored(url: str) -> list[ChatMessage]:
+    """Every message of the conversation, oldest first."""
+    store = SqlStore(url, history_limit=10**6)
+    try:
+        return await store.history(KEY)
+    finally:
+        await store.close()
+
+
+def _history_in_prompts(records: list[dict[str, Any]], questions: list[ChatMessage]) -> list[int]:
+    """How many history messages came before each stored question in its prompt."""
+    seen = {r["prompt"]: r["history"] for r in records if "prompt" in r}
+    return [seen[m.content] for m in questions]
 
 
 async def test_a_lock_held_by_a_killed_process_is_free_again(shared_url: str) -> None:

@@ -46,6 +46,20 @@ async def test_preferences_are_set_listed_unset_and_shape_the_prompt(
     assert "Sam" not in backend.calls[-1].messages[0].content
 
 
+async def test_prefs_takes_its_action_in_any_case_and_ends_a_refusal_once(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    app = await new_app(make_settings(isolated_env))
+    await app.start()
+    assert await _say(app, "/prefs SET Name Sam") == "Saved: name = Sam."
+    assert await _say(app, "/prefs  Set tone formal") == "Saved: tone = formal."
+    assert await _say(app, "/prefs UnSet name") == "Removed your name preference."
+    refused = await _say(app, "/prefs set name")
+    assert refused == "Not saved: give a value for name, e.g. /prefs set name ..."
+    refused = await _say(app, "/prefs set length forever")
+    assert refused.startswith("Not saved: length is one of ") and refused.endswith("'forever'.")
+
+
 async def test_preferences_survive_a_restart_on_the_sql_store(
     isolated_env: Path, new_app: AppFactory
 ) -> None:

@@ -199,7 +199,8 @@ async def test_forget_me_codes_are_per_user_and_expire(fake_app: App) -> None:
     assert isinstance(command, Command) and isinstance(command.handler, ForgetMe)
     now = [1000.0]
     command.handler.clock = lambda: now[0]
-    assert await _ask(fake_app, "ann", "/forget-me") == "Nothing is stored about you."
+    asked = await _ask(fake_app, "ann", "/forget-me")  # plugins may keep something: a code
+    assert asked.startswith("Nothing is stored about you, apart from what plugins may keep.")
     ann, cid = UserKey("discord", "ann"), UserKey("discord", "cid")
     for user in (ann, cid):
         await fake_app.engine.memories.remember(user, f"{user.user} likes tea")
@@ -240,10 +241,10 @@ async def test_the_user_erased_hook_reaches_plugins(fake_app: App) -> None:
     fake_app.plugins.add_plugin(KeepsNotes(), "notes")
     try:
         await fake_app.engine.store.set_preference(SAM, "tone", "formal")
-        counts = await fake_app.engine.services.privacy.erase(SAM)
+        erased = await fake_app.engine.services.privacy.erase(SAM)
     finally:
         fake_app.plugins.remove_plugin("notes")
-    assert counts.preferences == 1
+    assert erased.counts.preferences == 1 and erased.failed_plugins == ()
     assert [user for user, _ in seen] == [SAM]
     assert seen[0][1] == fake_app.engine.services
 
@@ -264,6 +265,57 @@ def test_memory_commands_say_what_is_wrong(isolated_env: Path) -> None:
         env={"CHATCORE_STORAGE__URL": "postgresql+psycopg://bot@127.0.0.1:1/chat"},
     )
     assert unusable.exit_code == 2 and "cannot open the database" in unusable.stderr
+
+
+def test_memory_commands_echo_the_user_verbatim_and_name_the_database_plainly(
+    isolated_env: Path,
+) -> None:
+    runner = CliRunner()
+    for command in ("export", "forget"):
+        shown = runner.invoke(cli, ["memory", command, "--help"], env={"COLUMNS": "200"})
+        assert "PLATFORM:ID (e.g. discord:123456 or terminal:sam)" in shown.output
+        assert "\N{SQUARED ID}" not in shown.output  # rich reads ":ID:" as an emoji code
+    emoji = runner.invoke(cli, ["memory", "export", "--user", ":smile:"])
+    assert emoji.exit_code == 2 and "':smile:' is not PLATFORM:ID" in emoji.stderr
+    named = runner.invoke(cli, ["memory", "export", "--user", "terminal::smile:"])
+    assert "nothing is stored about terminal::smile: in " in named.stderr
+    spaced = runner.invoke(cli, ["memory", "export", "--user", "  terminal:sam "])
+    assert spaced.exit_code == 1
+    assert spaced.stderr.strip() == (
+        f"error: nothing is stored about terminal:sam in {isolated_env / 'chatcore.db'}"
+    )
+    secret = runner.invoke(
+        cli,
+        ["memory", "export", "--user", "terminal:sam"],
+        env={"CHATCORE_STORAGE__URL": "postgresql+psycopg://bot:hunter2@127.0.0.1:1/chat"},
+    )
+    assert secret.exit_code == 2
+    assert "postgresql+psycopg://bot:********@127.0.0.1:1/chat" in secret.stderr
+    assert "hunter2" not in secret.output + secret.stderr
+
+
+async def test_forget_says_the_shared_terminal_history_is_emptied_too(
+    isolated_env: Path, new_app: AppFactory
+) -> None:
+    app = await new_app(make_settings(isolated_env), store=None)  # SQLite in the home
+    await app.engine.store.append(KEY, [ChatMessage("user", "hello")])
+    await app.engine.store.append(
+        ConversationKey("discord", "c", "42"), [ChatMessage("user", "hi")]
+    )
+    await app.close()
+    runner = CliRunner()  # in a thread: the command runs an event loop of its own
+    # Not on a terminal and without --yes: it says what it would erase, then erases nothing.
+    terminal = await asyncio.to_thread(
+        runner.invoke, cli, ["memory", "forget", "-u", "terminal:sam"]
+    )
+    assert terminal.exit_code == 2
+    assert f"to erase: terminal:sam in {isolated_env / 'chatcore.db'}: 1 message" in terminal.stdout
+    assert "input history will be emptied too" in terminal.stdout
+    assert "shared by everyone who chats in the terminal" in terminal.stdout
+    discord = await asyncio.to_thread(runner.invoke, cli, ["memory", "forget", "-u", "discord:42"])
+    assert discord.exit_code == 2 and "to erase: discord:42" in discord.stdout
+    assert "input history" not in discord.stdout
+    assert database_counts(isolated_env, SAM)["messages"] == 1
 
 
 async def test_forget_asks_on_a_terminal_and_refuses_without_one(

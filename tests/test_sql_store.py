@@ -32,6 +32,7 @@ from chatcore.memory.base import (
     ConversationStore,
     ErasedCounts,
     StoreError,
+    Summary,
     UserKey,
     counts_of,
 )
@@ -181,6 +182,32 @@ async def test_the_summary_belongs_to_the_current_conversation(store: Conversati
     assert summary.through == stored[-1].id
     await store.set_summary(KEY, "replaced", None)
     assert await store.get_summary(KEY) == type(summary)("replaced", None)
+
+
+async def test_a_summary_is_replaced_only_where_nothing_moved(store: ConversationStore) -> None:
+    first = await store.append(KEY, turn(1))
+    newest = first[-1].id
+    assert newest is not None
+    assert await store.replace_summary(KEY, "one", first[0].id, previous=None, newest=newest)
+    one = await store.get_summary(KEY)
+    assert one == Summary("one", first[0].id)
+    # Another fold stored meanwhile: the summary is no longer the one this fold started from.
+    assert not await store.replace_summary(KEY, "stale", newest, previous=None, newest=newest)
+    assert not await store.replace_summary(
+        KEY, "stale", newest, previous=Summary("one", None), newest=newest
+    )
+    assert await store.replace_summary(KEY, "two", newest, previous=one, newest=newest)
+    two = await store.get_summary(KEY)
+    assert two == Summary("two", newest)
+    # A /reset and a new message: a new conversation, which does not hold the newest message.
+    await store.reset(KEY)
+    await store.append(KEY, turn(2))
+    assert not await store.replace_summary(KEY, "old", newest, previous=None, newest=newest)
+    assert not await store.replace_summary(KEY, "old", newest, previous=two, newest=newest)
+    assert await store.get_summary(KEY) is None
+    # No conversation at all.
+    assert not await store.replace_summary(BOB, "bob", None, previous=None, newest=newest)
+    assert await store.get_summary(BOB) is None
 
 
 async def test_preferences_are_set_replaced_and_deleted_per_user(
@@ -542,6 +569,7 @@ async def test_acknowledged_turns_survive_sigkill_on_postgresql(postgres_url: st
 # Privacy: export, erase, retention (every store).
 
 BOB = ConversationKey("terminal", "dm", "bob")
+ALICE = ConversationKey("terminal", "dm", "alice")
 
 
 async def _plant(store: ConversationStore, key: ConversationKey, word: str) -> None:
@@ -645,6 +673,35 @@ async def test_prune_deletes_only_messages_older_than_the_cutoff(
     if kind != "memory":  # the in-memory store keeps no user apart from their data
         assert bob is not None and bob["conversations"] == []  # emptied: gone; the user stays
     assert await store.prune_messages(cutoff) == 0
+
+
+async def test_prune_drops_the_summary_that_covers_a_pruned_message(
+    store: ConversationStore, url: str, kind: str
+) -> None:
+    old = await store.append(KEY, [ChatMessage("user", "my passport is CANARY123"), *turn(0)])
+    await store.set_summary(KEY, "- The user: my passport is CANARY123", old[0].id)
+    await store.append(BOB, turn(1))
+    await store.set_summary(BOB, "bob summary", None)
+    await asyncio.sleep(0.01)  # the clock moves on, so the cutoff falls between the turns
+    cutoff = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    newer = await store.append(KEY, turn(2))
+    await store.append(BOB, turn(2))
+    await store.set_summary(BOB, "bob summary", None)  # says not what it covers: it goes
+    await store.append(ALICE, turn(3))
+    await store.set_summary(ALICE, "alice summary", None)  # nothing of hers is pruned: it stays
+    assert await store.prune_messages(cutoff) == 5
+    assert await store.history(KEY) == newer and await store.get_summary(KEY) is None
+    assert await store.get_summary(BOB) is None
+    assert await store.get_summary(ALICE) is not None
+    await store.set_summary(KEY, "recent", newer[-1].id)
+    await store.append(KEY, turn(4))
+    assert await store.prune_messages(cutoff) == 0
+    assert await store.get_summary(KEY) is not None  # covers only what was kept
+    await store.close()
+    if kind == "sqlite":
+        files = [p for p in Path(url.removeprefix("sqlite:///")).parent.iterdir() if p.is_file()]
+        assert files and not [p.name for p in files if b"CANARY123" in p.read_bytes()]
 
 
 # Conversation locks: one message of a conversation at a time (tests/test_ordering.py has the

@@ -4,14 +4,14 @@ kept in the prompt instead of the turns they cover, capped, and never in a reply
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from chatcore.app import App
 from chatcore.context import ContextBuilder, Sections
-from chatcore.events import ChatMessage, Message, Reply, ReplyEvent
+from chatcore.events import ChatMessage, ConversationKey, Message, Reply, ReplyEvent
 from chatcore.generation.fake import FakeBackend, WordTokenizer
 from chatcore.memory.base import ConversationStore, Summary
 from chatcore.memory.inmemory import InMemoryConversationStore
@@ -246,10 +246,62 @@ async def test_a_summary_made_before_a_reset_is_not_kept(
     assert await app.engine.store.get_summary(KEY) is None
 
 
+class ResetBeforeWrite(SqlStore):
+    """A SQLite store on which ``interleave`` runs once, just before a fold writes its summary:
+    after whatever the fold checked beforehand, as if another task or process got in there."""
+
+    interleave: Callable[[], Awaitable[None]] | None = None
+
+    async def _before_write(self) -> None:
+        interleave, self.interleave = self.interleave, None
+        if interleave is not None:
+            await interleave()
+
+    async def set_summary(self, key: ConversationKey, text: str, through: str | None) -> None:
+        await self._before_write()
+        await super().set_summary(key, text, through)
+
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        await self._before_write()
+        return await super().replace_summary(key, text, through, previous=previous, newest=newest)
+
+
+async def test_a_reset_just_before_the_summary_is_written_keeps_it_off_the_new_conversation(
+    isolated_env: Path, new_app: AppFactory, tmp_path: Path
+) -> None:
+    store = ResetBeforeWrite(f"sqlite:///{tmp_path / 'chat.db'}")
+    app, _ = await chat_app(isolated_env, new_app, store)
+    interleaved: list[ReplyEvent] = []
+
+    async def reset_and_start_again() -> None:
+        interleaved.extend(await collect(app.engine.handle(msg("/reset"))))
+        interleaved.extend(await collect(app.engine.handle(msg("a new start"))))
+
+    store.interleave = reset_and_start_again
+    for turn in range(40):
+        await say(app, f"message number {turn}")
+        if store.interleave is None:
+            break
+    assert store.interleave is None, "no summary was written in 40 turns"
+    assert isinstance(interleaved[-1], Reply)
+    history = await store.history(KEY)
+    assert history[0].content == "a new start" and len(history) == 2
+    assert await store.get_summary(KEY) is None
+
+
 async def test_messages_past_the_history_limit_are_summarised_too(
     isolated_env: Path, new_app: AppFactory, store: ConversationStore
 ) -> None:
     settings = make_settings(isolated_env, context={"history_limit": 6})
+    await store.close()  # replaced: the app closes only the store it runs on
     if isinstance(store, SqlStore):
         store = SqlStore(store.url.render_as_string(hide_password=False), history_limit=6)
     else:

@@ -7,12 +7,14 @@ A screenshot of the phone-sized page is kept in tests/artifacts/ (ignored by git
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Dialog, async_playwright, expect
+from playwright.async_api import Browser, Dialog, WebSocketRoute, async_playwright, expect
 
 from chatcore import hookimpl
 from chatcore.config import GenerationSettings
@@ -129,6 +131,35 @@ class _HtmlNotice:
         return "noted: " + XSS + " <b>bold</b>"
 
 
+class _HoldFirstNotices:
+    """Between the page and the server: the notice frames of the first message answered are
+    held back until a frame of another message has reached the page, so that they arrive
+    after the next reply started."""
+
+    def __init__(self) -> None:
+        self.first: str | None = None
+        self.held: list[str | bytes] = []
+        self.released = False
+
+    async def route(self, page_side: WebSocketRoute) -> None:
+        server = page_side.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "reply" and self.first is None:
+                self.first = frame["id"]
+            if frame.get("type") == "notice" and frame["id"] == self.first and not self.released:
+                self.held.append(message)
+                return
+            page_side.send(message)
+            if self.first is not None and frame.get("id") not in (None, self.first):
+                self.released = True
+                for held in self.held:
+                    page_side.send(held)
+
+        server.on_message(from_server)
+
+
 async def test_notices_show_as_notes_under_their_reply_as_text(
     serve: Serve, browser: Browser
 ) -> None:
@@ -136,13 +167,21 @@ async def test_notices_show_as_notes_under_their_reply_as_text(
     served.app.plugins.add_plugin(_HtmlNotice(), "html-notice")
     await served.app.plugins.collect("html-notice")
     page = await browser.new_page()
+    between = _HoldFirstNotices()
+    await page.route_web_socket(re.compile(r"^ws://"), between.route)
     await page.goto(f"{served.base}/#token=secret-1")
     await expect(page.locator("#status")).to_have_text("Connected as alice")
     await page.fill("#text", "call me Sam")
     await page.press("#text", "Enter")
-    notes = page.locator(".msg.bot + .note, .msg.bot + .note + .note")
-    await expect(notes).to_have_count(2)
-    texts = await notes.all_text_contents()
+    await expect(page.locator(".msg.bot").nth(0)).to_have_text("You said: call me Sam")
+    await page.fill("#text", "/help")  # a command: no notes of its own
+    await page.press("#text", "Enter")
+    await expect(page.locator(".note")).to_have_count(2)
+    assert len(between.held) == 2 and between.released  # they came after the /help reply
+    await expect(page.locator(".msg.bot").nth(1)).to_contain_text("/remember")
+    order = await page.eval_on_selector_all("#log > *", "nodes => nodes.map(n => n.className)")
+    assert order == ["msg user", "msg bot", "note", "note", "msg user", "msg bot"]
+    texts = await page.locator(".msg.bot + .note, .msg.bot + .note + .note").all_text_contents()
     assert sorted(texts) == sorted(
         [
             "noted: I'll call you Sam — say \"don't call me Sam\" to undo.",
@@ -150,10 +189,6 @@ async def test_notices_show_as_notes_under_their_reply_as_text(
         ]
     )
     assert await page.locator("#log img, #log b").count() == 0
-    await page.fill("#text", "/help")  # a command: no notes
-    await page.press("#text", "Enter")
-    await expect(page.locator(".msg.bot").nth(1)).to_contain_text("/remember")
-    assert await page.locator(".note").count() == 2
 
 
 async def test_the_page_asks_for_a_token_and_shows_limit_errors(

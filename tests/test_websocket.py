@@ -123,9 +123,14 @@ async def test_what_was_noted_comes_as_a_notice_frame_after_the_reply(
     }
     await ws.send_json({"type": "message", "id": "n2", "text": "hello"})  # nothing noted
     assert [f["type"] for f in await until_final(ws, "n2")][-1] == "reply"
+    # A notice of n2 would come before anything of the next message of the conversation,
+    # which is handled only once n2 is done.
+    await ws.send_json({"type": "message", "id": "n3", "text": "/help"})
+    after = await until_final(ws, "n3")
+    assert [f["id"] for f in after] == ["n3"], after
     metrics = await (await client.get(f"{served.base}/metrics")).text()
     # A notice is neither a reply nor an error.
-    assert 'chatcore_replies_total{adapter="websocket"} 2.0' in metrics
+    assert 'chatcore_replies_total{adapter="websocket"} 3.0' in metrics
     assert 'chatcore_errors_total{adapter="websocket"' not in metrics
     # Not in flight once the reply frame is out, even while its notices are being made.
     assert 'chatcore_replies_in_flight{adapter="websocket"} 0.0' in metrics

@@ -9,13 +9,21 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from chatcore.events import ChatMessage, ConversationKey
 
 PreferenceSource = Literal["explicit", "learned"]
 """``explicit``: the user set it (``/prefs set``); ``learned``: taken from what they said."""
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds a store (and its conversation locks) waits, when closing, for work in flight."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC: how every stored time is recorded."""
+    return datetime.now(UTC)
 
 
 class StoreError(Exception):
@@ -164,6 +172,22 @@ class ConversationStore(Protocol):
         message it covers. Nothing happens when the conversation does not exist."""
         ...
 
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        """``set_summary``, but only if the current conversation's summary is still
+        ``previous`` and it holds the message ``newest``: one atomic check and write (a
+        compare-and-set), so a summary made from an older state never lands on a conversation
+        that moved on meanwhile (another fold, a ``/reset`` and a new message, another
+        process). True when it was stored."""
+        ...
+
     # Users
     async def set_display_name(self, user: UserKey, name: str | None) -> None:
         """Record the user's display name (creating the user if needed)."""
@@ -222,7 +246,9 @@ class ConversationStore(Protocol):
 
     async def prune_messages(self, before: datetime) -> int:
         """Delete every message stored before ``before``, and the conversations (with their
-        summaries) left without messages; return how many messages went."""
+        summaries) left without messages, in one transaction; a summary that covers a deleted
+        message (or does not say which it covers) goes too, since it holds its gist. Return how
+        many messages went."""
         ...
 
     # Ordering

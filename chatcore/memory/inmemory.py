@@ -11,7 +11,7 @@ import itertools
 from collections import OrderedDict, deque
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from chatcore.events import ChatMessage, ConversationKey
@@ -23,13 +23,10 @@ from chatcore.memory.base import (
     Summary,
     UserKey,
     embedding_dim,
+    utcnow,
 )
 from chatcore.memory.export import document, iso
 from chatcore.memory.locks import ConversationLocks
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class InMemoryConversationStore:
@@ -57,7 +54,7 @@ class InMemoryConversationStore:
     async def append(
         self, key: ConversationKey, messages: Sequence[ChatMessage]
     ) -> list[ChatMessage]:
-        now = _now()
+        now = utcnow()
         stored = [dataclasses.replace(m, id=str(next(self._ids)), created=now) for m in messages]
         conversation = self._conversations.setdefault(key, deque(maxlen=self.limit))
         conversation.extend(stored)
@@ -90,6 +87,25 @@ class InMemoryConversationStore:
         if key in self._conversations:
             self._summaries[key] = Summary(text, through)
 
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        conversation = self._conversations.get(key)
+        if (
+            conversation is None
+            or self._summaries.get(key) != previous
+            or not any(m.id == newest for m in conversation)
+        ):
+            return False
+        self._summaries[key] = Summary(text, through)
+        return True
+
     async def set_display_name(self, user: UserKey, name: str | None) -> None:
         self._names[user] = name
 
@@ -99,7 +115,7 @@ class InMemoryConversationStore:
     async def set_preference(
         self, user: UserKey, key: str, value: str, source: PreferenceSource = "explicit"
     ) -> Preference:
-        preference = Preference(key, value, source, _now())
+        preference = Preference(key, value, source, utcnow())
         self._preferences.setdefault(user, {})[key] = preference
         return preference
 
@@ -109,7 +125,7 @@ class InMemoryConversationStore:
     async def add_memory(
         self, user: UserKey, text: str, embedding: bytes, dim: int | None = None
     ) -> Memory:
-        memory = Memory(next(self._ids), text, embedding, embedding_dim(embedding, dim), _now())
+        memory = Memory(next(self._ids), text, embedding, embedding_dim(embedding, dim), utcnow())
         self._memories.setdefault(user, {})[memory.id] = memory
         return memory
 
@@ -187,6 +203,10 @@ class InMemoryConversationStore:
             messages = self._conversations[key]
             kept = [m for m in messages if m.created is None or m.created >= before]
             pruned += len(messages) - len(kept)
+            summary = self._summaries.get(key)
+            gone = [m for m in messages if m.created is not None and m.created < before]
+            if summary is not None and any(_covers(summary, m) for m in gone):
+                del self._summaries[key]  # it holds the gist of what went
             if kept:
                 self._conversations[key] = deque(kept, maxlen=self.limit)
             else:
@@ -200,6 +220,15 @@ class InMemoryConversationStore:
         """Within the process only: what this store holds lives in this process, so no other
         process can read or write the conversation."""
         return self._locks.hold(key, wait)
+
+
+def _covers(summary: Summary, message: ChatMessage) -> bool:
+    """Whether ``summary`` may hold the gist of ``message`` (one that does not say which
+    messages it covers may hold any)."""
+    through, mid = _number(summary.through), _number(message.id)
+    if not isinstance(through, int) or not isinstance(mid, int):
+        return True
+    return mid <= through
 
 
 def _number(message_id: str | None) -> int | str | None:

@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from chatcore.events import ConversationKey
 from chatcore.files import PRIVATE_FILE, private_dir
-from chatcore.memory.base import ConversationBusyError
+from chatcore.memory.base import CLOSE_TIMEOUT, ConversationBusyError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ HANDOFF = 0.075
 """A message whose conversation this process released less than this long ago waits out the
 rest of it before its first attempt: longer than ``LONGEST_PAUSE``, so that a process polling
 for the conversation gets its turn instead of starving behind a queue of local messages."""
-CLOSE_TIMEOUT = 10.0
 
 
 def conversation_hash(key: ConversationKey) -> int:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from chatcore.config import MemorySettings
+from chatcore.memory.barrier import EraseBarrier
 from chatcore.memory.base import ConversationStore, Memory, UserKey
 from chatcore.memory.embedder import Embedder, HashingEmbedder, MiniLMEmbedder
 from chatcore.memory.recall import MemoryRecall, StoredEmbedding
@@ -34,27 +36,32 @@ def make_embedder(settings: MemorySettings) -> Embedder:
 
 
 class Memories:
-    """One app's long-term memories over its store."""
+    """One app's long-term memories over its store, and the app's erase barrier."""
 
     def __init__(
         self,
         store: ConversationStore,
         settings: MemorySettings,
         embedder: Embedder | None = None,
+        barrier: EraseBarrier | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.barrier = barrier or EraseBarrier()
+        """Keeps work that began before a user's erase from writing about them after it."""
         self._recall = MemoryRecall[UserKey](
             embedder or make_embedder(settings), self._rows, min_score=settings.min_score
         )
-        self._tracked: set[asyncio.Task[Any]] = set()
+        self._tracked: dict[asyncio.Task[Any], UserKey | None] = {}
 
     @property
     def embedder(self) -> Embedder:
         return self._recall.embedder
 
     async def remember(self, user: UserKey, text: str) -> Memory:
-        """Store ``text`` as a memory of ``user`` with its embedding; recallable at once."""
+        """Store ``text`` as a memory of ``user`` with its embedding; recallable at once.
+        ``UserErasedError`` (nothing stored) when the user was erased after the turn or task
+        doing this began (``barrier``)."""
         text = " ".join(clean_input(text).split())
         if not text:
             raise MemoryTextError("a memory needs some text")
@@ -63,7 +70,10 @@ class Memories:
                 f"a memory is at most {MAX_MEMORY_CHARS} characters; this one has {len(text)}"
             )
         embedding = await self._recall.embed_memory(text)
-        memory = await self.store.add_memory(user, text, embedding, self.embedder.dim)
+        dim = self.embedder.dim
+        memory = await self.barrier.write(
+            user, partial(self.store.add_memory, user, text, embedding, dim)
+        )
         self._recall.added(user, memory.id, memory.embedding)
         return memory
 
@@ -93,12 +103,17 @@ class Memories:
         self._recall.forget_user(user)
 
     async def close(self) -> None:
-        """Cancel index builds and tracked work in flight and drop the cached indexes."""
+        """Cancel index builds and tracked work in flight and drop the cached indexes. Work
+        still running is lost: a warning says how much (a fact already announced as "being
+        stored" is among it)."""
         tracked = list(self._tracked)
-        for task in tracked:
-            task.cancel()
         if tracked:
-            await asyncio.wait(tracked)
+            log.warning(
+                "memory: %d background memory stores still running at close were cancelled; "
+                "what they had not stored yet is lost",
+                len(tracked),
+            )
+        await _cancelled(tracked)
         await self._recall.close()
 
     async def _rows(self, user: UserKey) -> Sequence[StoredEmbedding]:
@@ -106,8 +121,24 @@ class Memories:
             StoredEmbedding(m.id, m.embedding, m.dim) for m in await self.store.list_memories(user)
         ]
 
-    def track(self, task: asyncio.Task[Any]) -> None:
+    def track(self, task: asyncio.Task[Any], user: UserKey | None = None) -> None:
         """Hold ``task``, work on memories that may outlive the hook or command that began it
-        (a first store waits for the embedder to load), until it ends; ``close`` cancels it."""
-        self._tracked.add(task)
-        task.add_done_callback(self._tracked.discard)
+        (a first store waits for the embedder to load), until it ends; ``close`` cancels it,
+        and so does an erase of ``user`` (``stop_tracked``)."""
+        self._tracked[task] = user
+        task.add_done_callback(self._untrack)
+
+    async def stop_tracked(self, user: UserKey) -> None:
+        """Cancel the tracked work of ``user`` and wait for it to end (a memory it was storing
+        is stored or not, before this returns: ``remember`` finishes its write)."""
+        await _cancelled([task for task, owner in self._tracked.items() if owner == user])
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._tracked.pop(task, None)
+
+
+async def _cancelled(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)

@@ -12,10 +12,10 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +25,7 @@ from chatcore.config import mask_url
 from chatcore.events import ChatMessage, ConversationKey, Role
 from chatcore.files import private_file
 from chatcore.memory.base import (
+    CLOSE_TIMEOUT,
     ErasedCounts,
     Memory,
     Preference,
@@ -33,6 +34,7 @@ from chatcore.memory.base import (
     Summary,
     UserKey,
     embedding_dim,
+    utcnow,
 )
 from chatcore.memory.database import (
     WRITE,
@@ -50,11 +52,6 @@ from chatcore.memory.schema import ConversationRow, MemoryRow, MessageRow, Prefe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CLOSE_TIMEOUT = 10.0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class SqlStore:
@@ -80,7 +77,11 @@ class SqlStore:
         return self.url.get_backend_name()
 
     def describe(self) -> str:
-        """The database URL with its password masked, for messages."""
+        """The database, for messages: a SQLite database's file, else the URL with its
+        password masked."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            return str(path)
         return mask_url(self.url.render_as_string(hide_password=False))
 
     async def open(self) -> None:
@@ -192,7 +193,7 @@ class SqlStore:
 
         async def work(session: AsyncSession) -> list[ChatMessage]:
             conversation = await self._conversation_id(session, key)
-            now = _now()
+            now = utcnow()
             rows = [
                 MessageRow(
                     conversation_id=conversation,
@@ -220,7 +221,7 @@ class SqlStore:
             await session.execute(
                 update(ConversationRow)
                 .where(ConversationRow.id == conversation)
-                .values(closed=_now())
+                .values(closed=utcnow())
             )
             return count or 0
 
@@ -260,16 +261,47 @@ class SqlStore:
         return await self.read(work)
 
     async def set_summary(self, key: ConversationKey, text: str, through: str | None) -> None:
-        through_id = int(through) if through is not None else None
-
         async def work(session: AsyncSession) -> None:
             await session.execute(
                 update(ConversationRow)
                 .where(ConversationRow.id == _open_conversation(key).scalar_subquery())
-                .values(summary=text, summary_through=through_id)
+                .values(summary=text, summary_through=_id(through))
             )
 
         await self.write(work)
+
+    async def replace_summary(
+        self,
+        key: ConversationKey,
+        text: str,
+        through: str | None,
+        *,
+        previous: Summary | None,
+        newest: str,
+    ) -> bool:
+        was_text, was_through = (previous.text, previous.through) if previous else (None, None)
+
+        async def work(session: AsyncSession) -> bool:
+            conversation = await session.scalar(_open_conversation(key))
+            holds = select(MessageRow.id).where(
+                MessageRow.conversation_id == conversation, MessageRow.id == _id(newest)
+            )
+            # One statement, its conditions checked on the row it writes (PostgreSQL checks
+            # them again on a row another transaction changed meanwhile).
+            result = await session.execute(
+                update(ConversationRow)
+                .where(
+                    ConversationRow.id == conversation,
+                    ConversationRow.closed.is_(None),
+                    ConversationRow.summary.is_not_distinct_from(was_text),
+                    ConversationRow.summary_through.is_not_distinct_from(_id(was_through)),
+                    holds.exists(),
+                )
+                .values(summary=text, summary_through=_id(through))
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+        return await self.write(work)
 
     # Users
 
@@ -304,7 +336,7 @@ class SqlStore:
 
         async def work(session: AsyncSession) -> Preference:
             user_id = await self._user_id(session, user)
-            now = _now()
+            now = utcnow()
             values = {"user_id": user_id, "key": key, "value": value, "source": source}
             insert = self._insert(PreferenceRow).values(**values, updated=now)
             await session.execute(
@@ -342,7 +374,7 @@ class SqlStore:
                 text=text,
                 embedding=embedding,
                 dim=size,
-                created=_now(),
+                created=utcnow(),
             )
             session.add(row)
             await session.flush()
@@ -433,6 +465,20 @@ class SqlStore:
 
     async def prune_messages(self, before: datetime) -> int:
         async def work(session: AsyncSession) -> int:
+            # A summary holds the gist of the messages it covers: it goes with any of them.
+            covered = select(MessageRow.id).where(
+                MessageRow.conversation_id == ConversationRow.id,
+                MessageRow.created < before,
+                or_(
+                    ConversationRow.summary_through.is_(None),
+                    MessageRow.id <= ConversationRow.summary_through,
+                ),
+            )
+            await session.execute(
+                update(ConversationRow)
+                .where(ConversationRow.summary.is_not(None), covered.exists())
+                .values(summary=None, summary_through=None)
+            )
             pruned = await _deleted(session, MessageRow, MessageRow.created < before)
             if pruned:
                 has_messages = select(MessageRow.id).where(
@@ -503,7 +549,7 @@ class SqlStore:
             return found
         await session.execute(
             self._insert(UserRow)
-            .values(platform=user.platform, platform_user_id=user.user, created=_now())
+            .values(platform=user.platform, platform_user_id=user.user, created=utcnow())
             .on_conflict_do_nothing(index_elements=["platform", "platform_user_id"])
         )
         created = await session.scalar(_user_query(user))
@@ -518,7 +564,7 @@ class SqlStore:
         user_id = await self._user_id(session, UserKey.of(key))
         await session.execute(
             self._insert(ConversationRow)
-            .values(user_id=user_id, channel=key.channel, created=_now())
+            .values(user_id=user_id, channel=key.channel, created=utcnow())
             .on_conflict_do_nothing(
                 index_elements=["user_id", "channel"],
                 index_where=ConversationRow.closed.is_(None),
@@ -565,6 +611,11 @@ def _open_conversation(key: ConversationKey) -> Select[int]:
             ConversationRow.closed.is_(None),
         )
     )
+
+
+def _id(message_id: str | None) -> int | None:
+    """A message id as the database keeps it."""
+    return None if message_id is None else int(message_id)
 
 
 def _chat_message(row: MessageRow) -> ChatMessage:

@@ -14,7 +14,8 @@ from functools import partial
 from typing import Protocol
 
 from chatcore.events import ChatMessage, ConversationKey
-from chatcore.memory.base import ConversationStore, Summary
+from chatcore.memory.barrier import EraseBarrier, UserErasedError
+from chatcore.memory.base import ConversationStore, Summary, UserKey
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,18 @@ class RollingSummaries:
     pass it are folded too, even when the prompt still had room for them."""
 
     def __init__(
-        self, store: ConversationStore, *, enabled: bool = True, history_limit: int = 200
+        self,
+        store: ConversationStore,
+        *,
+        enabled: bool = True,
+        history_limit: int = 200,
+        barrier: EraseBarrier | None = None,
     ) -> None:
         self.store = store
         self.enabled = enabled
         self.history_limit = history_limit
+        self.barrier = barrier or EraseBarrier()
+        """A fold writes nothing when its user was erased after the turn that started it."""
         self.summarizer: Summarizer | None = None
         """Set when the engine starts (it needs the context's tokenizer); tests may replace it."""
         self._tasks: dict[ConversationKey, asyncio.Task[None]] = {}
@@ -184,12 +192,15 @@ class RollingSummaries:
             text = await summarizer("" if summary is None else summary.text, left_out)
             # Stored only where nothing moved meanwhile: no newer summary (an earlier fold, or
             # another process) and the same conversation, which still holds the newest message
-            # (no /reset). Else the next reply folds.
-            if await self.store.get_summary(key) != summary:
-                return
-            if not any(m.id == newest for m in await self.store.history(key)):
-                return
-            await self.store.set_summary(key, text, through)
+            # (no /reset). Checked and written at once by the store; else the next reply folds.
+            async with self.barrier.guarded(UserKey.of(key)):
+                stored = await self.store.replace_summary(
+                    key, text, through, previous=summary, newest=newest
+                )
+            if not stored:
+                log.debug("the summary of %s changed meanwhile; left to the next fold", key)
+        except UserErasedError:
+            log.info("%s: the user was erased; the summary being made is dropped", key)
         except Exception:
             log.warning(
                 "summarising old turns of %s failed; kept the last summary", key, exc_info=True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from chatcore.config import Settings
@@ -29,7 +30,8 @@ from chatcore.events import (
 )
 from chatcore.failures import logged_failure
 from chatcore.generation.types import Backend, GenerationError
-from chatcore.memory.base import ConversationStore
+from chatcore.memory.barrier import UserErasedError
+from chatcore.memory.base import ConversationStore, UserKey
 from chatcore.memory.summary import RollingSummaries
 from chatcore.pipeline.runner import Steps
 from chatcore.pipeline.steps import Blocked
@@ -139,20 +141,37 @@ class ReplyPipeline:
             return
         reply = Reply(message.id, text, finish, usage, streamed=True)
         emit(reply)
+        if kept is None:
+            return
         self.summaries.update(key, plan.summary, [*plan.history, *kept], prompt.dropped)
         await self._record_costs(key, kept)
         self._emit_notices(message, await self._after_reply(message, reply), emit)
 
-    async def _store_turn(self, key: ConversationKey, turn: list[ChatMessage]) -> list[ChatMessage]:
-        """Persist the turn. Shielded: a second cancellation (a shutdown past its grace) must
-        not lose it."""
-        return await asyncio.shield(self.store.append(key, turn))
+    async def _store_turn(
+        self, key: ConversationKey, turn: list[ChatMessage]
+    ) -> list[ChatMessage] | None:
+        """Store the turn; None, storing nothing, when its user was erased since the turn
+        began. Finished even when cancelled: a second cancellation (a shutdown past its grace)
+        must not lose it."""
+        try:
+            return await self.services.memories.barrier.write(
+                UserKey.of(key), partial(self.store.append, key, turn)
+            )
+        except UserErasedError:
+            log.info("%s: the user was erased during the turn; nothing of it is kept", key)
+            return None
 
     async def _after_reply(self, message: Message, reply: Reply) -> list[tuple[str, Any]]:
-        """The ``reply_finished`` hooks (they may learn from the turn); their results."""
-        return await self.plugins.call(
-            "reply_finished", message=message, reply=reply, services=self.services
-        )
+        """The ``reply_finished`` hooks (they may learn from the turn; their results), as a
+        write about the user: none when the user was erased since the turn began, and an erase
+        waits for them."""
+        try:
+            async with self.services.memories.barrier.guarded(UserKey.of(message.conversation)):
+                return await self.plugins.call(
+                    "reply_finished", message=message, reply=reply, services=self.services
+                )
+        except UserErasedError:
+            return []
 
     def _emit_notices(self, message: Message, notices: list[tuple[str, Any]], emit: Emit) -> None:
         for plugin, notice in notices:
