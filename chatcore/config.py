@@ -180,6 +180,8 @@ class PluginsSettings(_Section):
         "backends",
         "commands",
         "memory",
+        "safety",
+        "postprocess",
         "terminal",
         "websocket",
         "discord",

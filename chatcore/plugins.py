@@ -34,6 +34,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "backends": "chatcore.builtin.backends",
     "commands": "chatcore.builtin.commands",
     "memory": "chatcore.builtin.memory",
+    "safety": "chatcore.builtin.safety",
+    "postprocess": "chatcore.builtin.postprocess",
     "terminal": "chatcore.adapters.terminal",
     "websocket": "chatcore.adapters.websocket",
     "discord": "chatcore.adapters.discord",

@@ -46,7 +46,7 @@ class InjectionSettings(DetectorSettings):
     """Refused on input by default; replies are not checked (a model quoting an attack is not
     one)."""
 
-    order: int = Field(20, ge=0, le=10_000)
+    order: int = Field(120, ge=0, le=10_000)
     input: Policy = "block"
     output: Policy = "off"
     decode: bool = True

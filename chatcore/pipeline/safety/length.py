@@ -17,7 +17,7 @@ class LengthSettings(DetectorSettings):
     """Checked on input only: a reply's length is ``generation.max_new_tokens``'s business,
     and on a stream the limit cannot be told from a window of the text."""
 
-    order: int = Field(10, ge=0, le=10_000)
+    order: int = Field(110, ge=0, le=10_000)
     input: Policy = "block"
     output: Policy = "off"
     max_chars: int = Field(8000, ge=1)

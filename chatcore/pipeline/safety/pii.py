@@ -40,7 +40,7 @@ class PiiSettings(DetectorSettings):
     say how far the step may go at each stage, ``categories`` how far for each kind of data.
     A category set to ``off`` is not looked for at all."""
 
-    order: int = Field(30, ge=0, le=10_000)
+    order: int = Field(130, ge=0, le=10_000)
     input: Policy = "redact"
     output: Policy = "redact"
     categories: PiiCategories = PiiCategories()

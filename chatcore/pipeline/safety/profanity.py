@@ -69,7 +69,7 @@ _ABUSE = re.compile(
 class ProfanitySettings(DetectorSettings):
     """Counted on input (a user's own words are theirs), replaced in replies."""
 
-    order: int = Field(40, ge=0, le=10_000)
+    order: int = Field(140, ge=0, le=10_000)
     input: Policy = "warn"
     output: Policy = "redact"
     strict: bool = False
