@@ -469,7 +469,7 @@ async def test_step_sections_from_the_environment(
     monkeypatch.setenv("CHATCORE_PIPELINE__STEPS__SECRETS__INPUT", "block")
     monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "fake")
     settings = load_settings()
-    assert settings.pipeline.steps == {"secrets": {"input": "block"}}
+    assert settings.pipeline.steps["secrets"] == {"input": "block"}
     plugins = PluginHost()
     plugins.add_plugin(TestSteps(), "test-steps")
     await plugins.collect("test-steps")

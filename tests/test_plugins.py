@@ -48,6 +48,8 @@ async def test_builtins_load_and_register(settings: Settings) -> None:
         "backends": "loaded",
         "commands": "loaded",
         "memory": "loaded",
+        "safety": "loaded",
+        "postprocess": "loaded",
         "terminal": "loaded",
         "websocket": "loaded",
         "discord": "loaded",
