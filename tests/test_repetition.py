@@ -228,7 +228,7 @@ DISTINCT = [
     seps=st.lists(st.sampled_from(SEPARATORS), min_size=6, max_size=6),
     cuts=cut_lists,
 )
-def test_text_without_repeats_is_released_sentence_by_sentence(
+def test_text_without_repeats_is_released_word_by_word(
     order: list[str], seps: list[str], cuts: list[int]
 ) -> None:
     reply = "".join(s + sep for s, sep in zip(order, seps, strict=True))
@@ -238,9 +238,8 @@ def test_text_without_repeats_is_released_sentence_by_sentence(
         fed += piece
         out += f.feed(piece)
         assert fed.startswith(out)
-        held = fed[len(out) :].strip()
-        # At most the sentence being read (complete, if its following space has not come yet).
-        assert not any(held[:-1].count(end) for end in ".!?")
+        # No sentence starts like another: only a partial word and whitespace are held.
+        assert len(fed[len(out) :].split()) <= 1
     assert out + f.flush("stop") == reply
 
 
@@ -253,6 +252,86 @@ def test_held_back_text_is_bounded(reply: str, cuts: list[int]) -> None:
         # A possible repeat holds at most five whole units (sentences or lines), plus the one
         # being read and the spaces around them.
         assert len(f.held) <= 6 * max(len(s) + len(sep) for s in SENTENCES for sep in SEPARATORS)
+
+
+NEW_SENTENCES = [
+    "Bread needs flour, water and yeast!",
+    "Dragons guard their gold in deep caves.",
+    "Why is the sky blue?",
+]
+
+
+@pytest.mark.parametrize("sentence", NEW_SENTENCES)
+def test_a_new_sentence_comes_out_word_by_word(sentence: str) -> None:
+    f = RepetitionFilter(Reports())
+    fed = "The internet began as a research project. Sleep helps the body. "
+    out = f.feed(fed)
+    for word in sentence.split():
+        for piece in (word[:2], word[2:], " "):
+            fed += piece
+            out += f.feed(piece)
+            # All but the word being read (and the space after the last word).
+            complete = fed if piece == " " else fed[: fed.rstrip().rfind(" ")]
+            assert out == complete.rstrip()
+    assert out + f.flush("stop") == fed
+
+
+def test_a_long_reply_without_a_full_stop_streams() -> None:
+    """200 words and no full stop (a model that never ends its sentence) come out as they are
+    fed, so the user sees them and can stop them. Held: the word being read, an ``and`` that
+    could begin ``and and and and``, and where a 400-character stretch starts with the same
+    word as an earlier one, a few words until it differs."""
+    reply = "So " + " ".join(f"thing{i} and" if i % 3 else f"item{i}" for i in range(199))
+    f = RepetitionFilter(Reports())
+    out = ""
+    for i in range(0, len(reply), 4):
+        out += f.feed(reply[i : i + 4])
+        assert reply.startswith(out)
+        assert len(reply[len(out) : i + 4].split()) <= 5
+    assert out + f.flush("length") == reply
+
+
+def test_only_words_that_could_go_on_with_a_word_loop_are_held() -> None:
+    f = RepetitionFilter(Reports())
+    assert f.feed("It was very very ") == "It was very"
+    assert f.feed("cold, of the sea of the ") == " very cold, of the sea"
+    assert f.feed("land. ") == " of the land."
+
+
+def test_a_possible_repeat_is_held_until_it_is_decided() -> None:
+    f = RepetitionFilter(Reports())
+    first = "Paris is the capital of France."
+    assert f.feed(f"{first} It is big. ") == f"{first} It is big."
+    # Starts like the first sentence: held.
+    assert f.feed("Paris is the capital of ") == ""
+    assert f.held == " Paris is the capital of "
+    # Still close enough to be a near repeat.
+    assert f.feed("Spain and ") == ""
+    # Too far from it now: released, and from here on word by word.
+    assert f.feed("a port ") == " Paris is the capital of Spain and a port"
+    assert f.feed("city") == ""
+    assert f.flush("stop") == " city"
+
+
+def test_a_held_repeat_is_bounded_by_the_units_of_a_loop() -> None:
+    """While a loop may be starting, its units are held: at most ``max_period - 1`` whole
+    units besides the one being read, which is at most ``max_unit_chars`` (and a word)."""
+    f = RepetitionFilter(Reports(), max_period=3, max_unit_chars=60)
+    block = "One fish swims here. Two birds fly there. A cat sleeps. "
+    assert f.feed(block) == block.rstrip()
+    most = 0
+    for i in range(0, len(block) * 3, 5):
+        f.feed((block * 3)[i : i + 5])
+        most = max(most, len(f.held))
+    assert 0 < most <= len("One fish swims here. Two birds fly there. ") + len(" A cat sleeps. ")
+    assert f.flush("stop") == " "
+
+
+def test_a_near_repeat_is_missed_when_its_first_word_differs() -> None:
+    """A known limit: the sentence was already shown by the time it looked like a repeat."""
+    first = "The Eiffel Tower is a famous landmark in Paris, France."
+    again = "Yes, the Eiffel Tower is a famous landmark in Paris, France."
+    assert _clean(f"{first} {again}")[0] == f"{first} {again}"
 
 
 # -- real replies ---------------------------------------------------------------------------

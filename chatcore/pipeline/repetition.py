@@ -9,8 +9,7 @@ Three rules, none of which touches text inside a code fence:
 - **unit loop**: a unit that repeats the one just before it, or a block of up to
   ``max_period`` units that repeats the block before it, is dropped, and so is every unit that
   goes on with the loop. A cycle of fewer than three words ("Yes." "No!") may appear three
-  times before it counts as a loop. Units that might start such a repeat are held back until
-  the repeat is complete (dropped) or broken (released).
+  times before it counts as a loop.
 - **repeated sentence**: a sentence of five words or more that says (exactly or nearly) what a
   recent sentence said is dropped. Whole lines are spared this rule, so a poem's refrain or a
   list's similar items stay; they only go when they repeat back to back.
@@ -18,6 +17,14 @@ Three rules, none of which touches text inside a code fence:
 "Nearly" compares the words (lower case, without punctuation or a list marker in front); two
 units of six words or more match when their similarity is at least ``similarity`` (at least 0.9
 for the repeated-sentence rule, which has no loop to back it).
+
+Replies still stream. A unit's words are released as they come while it cannot be a repeat:
+while no recent unit starts with the same words, nor (for a near match) with the same first
+word and all but two of the words so far. From the moment it could be a repeat, the unit is
+held, with any units held before it, until it is decided. A released unit is kept whatever
+follows, so a near repeat is only caught when it starts with the first word of the unit it
+repeats and adds at most two words to it before its last. Within a released unit, only the
+words that could go on with a word loop are held.
 """
 
 from __future__ import annotations
@@ -55,12 +62,15 @@ _SENTENCE_WORDS = 5
 """The fewest words a sentence needs for the repeated-sentence rule."""
 _NEAR_WORDS = 6
 """The fewest words two units need to match nearly rather than exactly."""
+_NEAR_EXTRA_WORDS = 2
+"""A unit that starts with a recent unit's first word stays a possible near repeat of it while
+at most this many of its words so far are not in that unit (in order)."""
 _SENTENCE_SIMILARITY = 0.9
 """The least similarity for the repeated-sentence rule, which has no loop to back it."""
 _WINDOW = 32
+"""How many recent units a sentence is compared with."""
 _REPEATS_IN_A_ROW = 2
 """This many repeated sentences with nothing new between them count as a loop."""
-"""How many recent units a sentence is compared with."""
 
 
 class RepetitionSettings(RewriterSettings):
@@ -71,8 +81,8 @@ class RepetitionSettings(RewriterSettings):
     similarity: float = Field(0.85, ge=0.5, le=1.0)
     """How alike (0.5 to 1, 1 = the same words) two units must be to count as one repeated."""
     max_unit_chars: int = Field(400, ge=40, le=10_000)
-    """A sentence without an end this long is treated as complete: the most held back at once
-    for a unit that is not a candidate repeat."""
+    """A sentence without an end this long is treated as complete: the most of one unit held
+    back while it could be a repeat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +93,46 @@ class _Unit:
     whole_line: bool
 
 
+class _Candidate:
+    """A recent unit that the unit being read may still turn out to repeat."""
+
+    __slots__ = ("exact", "row", "words")
+
+    def __init__(self, words: tuple[str, ...]) -> None:
+        self.words = words
+        self.exact = True
+        """The words read so far begin ``words``."""
+        self.row: list[int] | None = [0] * (len(words) + 1) if len(words) >= _NEAR_WORDS else None
+        """While a near match is possible: ``row[j]`` is the longest common subsequence of the
+        words read so far and ``words[:j]``."""
+
+    def add(self, index: int, word: str, similarity: float) -> bool:
+        """Take the unit's next word; whether it may still repeat this one."""
+        words = self.words
+        self.exact = self.exact and index < len(words) and words[index] == word
+        row = self.row
+        if row is not None and (index > 0 or words[0] == word):
+            new = [0]
+            for j, seen in enumerate(words):
+                new.append(row[j] + 1 if seen == word else max(row[j + 1], new[j]))
+            # Past the second bound no ending could reach ``similarity``; the first keeps a new
+            # sentence that merely starts with the same word from being held long.
+            unmatched = index + 1 - new[-1]
+            near = unmatched <= _NEAR_EXTRA_WORDS
+            near = near and unmatched * similarity <= 2 * len(words) * (1 - similarity)
+            self.row = new if near else None
+        else:
+            self.row = None
+        return self.exact or self.row is not None
+
+
 class RepetitionFilter:
     """One reply's stream through the repetition rules (see the module docstring).
 
     ``looping`` is True while the reply is inside a detected loop, or after two sentences in a
     row were dropped as said before: its text is being dropped. The caller may end generation
-    then, as nothing more of this reply would be shown until the model breaks out.
+    then, as nothing more of this reply would be shown until the model breaks out. It turns
+    False as soon as a unit is released as new.
     """
 
     def __init__(
@@ -114,6 +158,12 @@ class RepetitionFilter:
         self._ends: list[int] = []
         self._unit_starts_line = True
         self._words_in_line = 0
+        # How much of the unit is released, whether it is released (kept whatever comes), and
+        # the recent units it may still repeat, with how many of its words they have seen.
+        self._shown = 0
+        self._committed = False
+        self._candidates: list[_Candidate] | None = None
+        self._candidate_words = 0
         # A word loop: the words repeated, and which of them comes next.
         self._gram: tuple[str, ...] = ()
         self._gram_next = 0
@@ -136,7 +186,8 @@ class RepetitionFilter:
     @property
     def held(self) -> str:
         """The text fed but not yet released or dropped."""
-        return "".join(u.text for u in self._pending) + self._unit + self._sep + self._word
+        unit = self._unit[self._shown :]
+        return "".join(u.text for u in self._pending) + unit + self._sep + self._word
 
     def feed(self, text: str) -> str:
         for ch in text:
@@ -195,6 +246,8 @@ class RepetitionFilter:
             self._check_word_loop(word if ends else "")
         if line_end or ends or len(self._unit) >= self._max_unit_chars:
             self._end_unit(line_end)
+        else:
+            self._release_words()
 
     def _check_word_loop(self, ending_word: str) -> None:
         words = self._words
@@ -211,6 +264,7 @@ class RepetitionFilter:
                 self._gram_next = 0
                 self._unit = self._unit[: self._ends[keep - 1]]
                 del self._raw[keep:], self._words[keep:], self._ends[keep:]
+                self._candidates = None
                 if ending_word:
                     self._keep_end_mark(ending_word)
                 self._report("loop", "changed")
@@ -222,15 +276,76 @@ class RepetitionFilter:
         if self._words and self._unit.rstrip("\"'”’)]*_")[-1:] not in TERMINATORS:
             self._unit += mark
 
+    def _loop_tail(self) -> int:
+        """How many of the last words could still become copies in a word loop (and so be
+        dropped): for each loop size, the words that repeat the ones ``size`` before them."""
+        words, n, most = self._words, len(self._words), 0
+        for size in range(1, _MAX_GRAM + 1):
+            run = 0
+            while run < min(n - size, (_GRAM_COPIES - 1) * size) and (
+                words[n - 1 - run] == words[n - 1 - run - size]
+            ):
+                run += 1
+            if run > most and any(c.isalpha() for w in words[n - run - size : n - run] for c in w):
+                most = run
+        return most
+
     # -- units ----------------------------------------------------------------------------
+
+    def _release_words(self) -> None:
+        """Release the unit's words so far, unless the unit could still be a repeat; keep back
+        those that could go on with a word loop."""
+        if not self._committed:
+            if self._could_repeat():
+                return
+            self._commit()
+        keep = len(self._words) - self._loop_tail()
+        if keep > 0 and self._ends[keep - 1] > self._shown:
+            self._out.append(self._unit[self._shown : self._ends[keep - 1]])
+            self._shown = self._ends[keep - 1]
+
+    def _could_repeat(self) -> bool:
+        """Whether the words so far begin a unit that the rules below may drop: one that starts
+        like a recent unit. History does not change while such a unit is read."""
+        words = normalise_words(self._raw)
+        if self._candidates is None:
+            self._candidates = [_Candidate(u) for u in dict.fromkeys(self._history)]
+            self._candidate_words = 0
+        for index in range(self._candidate_words, len(words)):
+            self._candidates = [
+                c for c in self._candidates if c.add(index, words[index], self._similarity)
+            ]
+        self._candidate_words = len(words)
+        return bool(self._candidates)
+
+    def _commit(self) -> None:
+        """The unit being read is new: it is kept, which breaks any loop or possible repeat."""
+        self._committed = True
+        self._candidates = None
+        self._cycle = []
+        self._release_pending()
+        self._repeats_in_row = 0
 
     def _end_unit(self, line_end: bool) -> None:
         text, raw = self._unit, self._raw
         starts_line = self._unit_starts_line
-        self._unit, self._raw, self._words, self._ends = "", [], [], []
+        shown, committed = self._shown, self._committed
+        self._reset_unit()
         if not raw:
             return
+        if committed:
+            words = normalise_words(raw)
+            if words:
+                self._history.append(words)
+            self._out.append(text[shown:])
+            return
         self._consider(_Unit(text, normalise_words(raw), starts_line and line_end))
+
+    def _reset_unit(self) -> None:
+        self._unit, self._raw, self._words, self._ends = "", [], [], []
+        self._shown = 0
+        self._committed = False
+        self._candidates = None
 
     def _consider(self, unit: _Unit) -> None:
         if not unit.words:
@@ -313,8 +428,8 @@ class RepetitionFilter:
     def _enter_code(self, ch: str) -> None:
         """Code is never changed, and it breaks any repeat: release all, forget the history."""
         self._release_pending()
-        self._out.append(self._unit + self._sep + self._word + ch)
-        self._unit, self._raw, self._words, self._ends = "", [], [], []
+        self._out.append(self._unit[self._shown :] + self._sep + self._word + ch)
+        self._reset_unit()
         self._sep = self._word = ""
         self._words_in_line = 0
         self._gram = ()
