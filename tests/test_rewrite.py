@@ -345,3 +345,38 @@ def test_settings_of_a_rewriter_come_through() -> None:
     )
     f = spec.factory(settings_).open(context)
     assert run(f, ["A fragment"], "length") == "A fragment [cut]"
+
+
+def _budgeted(left: list[int]) -> tuple[UnfinishedFilter, list[str]]:
+    reports: list[str] = []
+    unfinished = UnfinishedFilter(
+        lambda category, _action: reports.append(category),
+        tokens_left=lambda: left[0],
+        hold_within=3,
+    )
+    return unfinished, reports
+
+
+def test_unfinished_streams_until_the_end_is_near_then_holds_the_sentence() -> None:
+    left = [10]
+    unfinished, reports = _budgeted(left)
+    shown = [unfinished.feed(word) for word in ["It ", "was ", "a "]]
+    assert shown == ["It ", "was ", "a "]  # far from the limit: nothing held back
+    assert unfinished.feed("day. ") == "day. "
+    left[0] = 2  # near the limit: the sentence now being written is held
+    assert [unfinished.feed(word) for word in ["Then ", "the "]] == ["", ""]
+    assert unfinished.flush("length") == ""
+    assert reports == ["unfinished_sentence"]
+
+
+def test_a_sentence_partly_shown_before_the_cut_is_marked_not_taken_back() -> None:
+    left = [10]
+    unfinished, reports = _budgeted(left)
+    assert unfinished.feed("It was a day. Then the ") == "It was a day. Then the "
+    left[0] = 0
+    assert unfinished.feed("rain ") == ""
+    assert unfinished.flush("length") == "rain…"
+    assert reports == ["unfinished_sentence"]
+    finished, _ = _budgeted([10])
+    finished.feed("It was a day. Then the ")
+    assert finished.flush("stop") == ""  # not cut: nothing to mark

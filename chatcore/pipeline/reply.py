@@ -96,7 +96,11 @@ class ReplyPipeline:
             emit(logged_failure(message, "internal_error", summary, error))
             return
         prompt = plan.prompt
-        output = await self.steps.open_output(message, self.services)
+        received = 0
+        limit = self.settings.generation.max_new_tokens
+        output = await self.steps.open_output(
+            message, self.services, tokens_left=lambda: max(0, limit - received)
+        )
 
         shown: list[str] = []
 
@@ -105,7 +109,6 @@ class ReplyPipeline:
                 emit(ReplyChunk(message.id, text, len(shown)))
                 shown.append(text)
 
-        received = 0
         finish: FinishReason = "stop"
         usage = Usage(prompt.tokens, 0)
         failure: ReplyError | None = None

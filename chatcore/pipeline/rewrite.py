@@ -284,22 +284,41 @@ class CodeFences:
 class UnfinishedSettings(RewriterSettings):
     order: int = Field(50, ge=0, le=10_000)
     mark: str = Field("…", max_length=8)
-    """Added to a cut sentence kept because it is all the reply has; empty: nothing added."""
+    """Added to a cut sentence that is kept: all the reply has, or already partly shown."""
+    hold_within: int = Field(64, ge=0, le=100_000)
+    """The current sentence is held back only while the reply has at most this many tokens
+    left before ``generation.max_new_tokens``: earlier, text streams as it comes."""
 
 
 class UnfinishedFilter:
     """When the token limit cut the reply (``flush("length")``), drops the unfinished last
     sentence or line; keeps it, with ``mark`` added, when nothing else was shown. Never cuts
-    inside a code fence. Holds back the current sentence (or line)."""
+    inside a code fence.
 
-    def __init__(self, report: Report, *, mark: str = "…") -> None:
+    It holds back the current sentence (or line) only near the end: while ``tokens_left()``
+    is at most ``hold_within`` (or unknown, None), so that the rest of a reply streams. A
+    sentence that was already partly shown when the cut came cannot be taken back: it gets
+    ``mark`` instead."""
+
+    def __init__(
+        self,
+        report: Report,
+        *,
+        mark: str = "…",
+        tokens_left: Callable[[], int | None] = lambda: None,
+        hold_within: int = 64,
+    ) -> None:
         self._report = report
         self._mark = mark
+        self._tokens_left = tokens_left
+        self._hold_within = hold_within
         self._fences = FenceTracker()
         self._held = ""
         self._word = ""
         self._words_in_line = 0
         self._shown = False
+        self._partly_shown = False
+        """Some of the current sentence went out before holding began."""
 
     def feed(self, text: str) -> str:
         out: list[str] = []
@@ -316,6 +335,7 @@ class UnfinishedFilter:
                 ):
                     out.append(self._held)
                     self._held = ""
+                    self._partly_shown = False
                 self._held += ch
                 if self._word:
                     self._words_in_line += 1
@@ -325,9 +345,17 @@ class UnfinishedFilter:
             else:
                 self._held += ch
                 self._word += ch
+        if self._held and not self._holding():
+            out.append(self._held)
+            self._partly_shown = self._partly_shown or bool(self._held.strip())
+            self._held = ""
         released = "".join(out)
         self._shown = self._shown or bool(released.strip())
         return released
+
+    def _holding(self) -> bool:
+        left = self._tokens_left()
+        return left is None or left <= self._hold_within
 
     def flush(self, finish_reason: FinishReason) -> str:
         held, word = self._held, self._word
@@ -335,11 +363,13 @@ class UnfinishedFilter:
         if (
             finish_reason != "length"
             or self._fences.inside
-            or not held.strip()
+            or not (held.strip() or self._partly_shown)
             or (word and ends_sentence(word, self._words_in_line == 0))
         ):
             return held
         self._report("unfinished_sentence", "changed")
+        if self._partly_shown:
+            return held.rstrip() + self._mark
         return "" if self._shown else held.rstrip() + self._mark
 
 
@@ -348,7 +378,12 @@ class Unfinished:
         self.settings = settings
 
     def open(self, context: StepContext) -> UnfinishedFilter:
-        return UnfinishedFilter(context.report, mark=self.settings.mark)
+        return UnfinishedFilter(
+            context.report,
+            mark=self.settings.mark,
+            tokens_left=context.tokens_left,
+            hold_within=self.settings.hold_within,
+        )
 
 
 # -- specs ----------------------------------------------------------------------------------

@@ -129,7 +129,12 @@ class Steps:
             return message
         return dataclasses.replace(message, text=text)
 
-    async def open_output(self, message: Message, services: Services) -> OutputChain | None:
+    async def open_output(
+        self,
+        message: Message,
+        services: Services,
+        tokens_left: Callable[[], int | None] = lambda: None,
+    ) -> OutputChain | None:
         """The output steps for one reply, or None when there are none (no cost per piece).
         Each rewriter opens its filter in a bounded call of its own; one that raises or runs
         out of time is left out of this reply."""
@@ -141,7 +146,7 @@ class Steps:
                 chain.filters.append(_DetectorFilter(step, chain.reports))
                 continue
             assert step.rewriter is not None
-            context = StepContext(message, services, chain.reporter(step.name))
+            context = StepContext(message, services, chain.reporter(step.name), tokens_left)
             opened: TextFilter | None = None
             try:
                 opening = partial(step.rewriter.open, context)

@@ -103,6 +103,10 @@ class StepContext:
     message: Message
     services: Services
     report: Callable[[str, Action], None]
+    tokens_left: Callable[[], int | None] = lambda: None
+    """How many more tokens the reply may take before ``generation.max_new_tokens`` cuts it
+    (pieces received so far stand in for tokens), None when unknown: a rewriter that must hold
+    text back in case of a cut (``unfinished``) holds it only near the end."""
 
 
 class TextFilter(Protocol):
