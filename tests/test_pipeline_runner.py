@@ -545,3 +545,21 @@ async def test_the_step_example_from_the_docs_works(
     shown = "".join(chunks(events))
     assert shown.startswith("fine") and "TICKET" not in shown  # held back, then blocked
     assert isinstance(events[-1], ReplyError) and events[-1].code == "blocked"
+
+
+async def test_the_built_in_rewriters_stop_generation_at_a_loop_or_an_end_token(
+    new_app: AppFactory, isolated_env: Path
+) -> None:
+    backend = FakeBackend()
+    app = await new_app(make_settings(isolated_env), backend=backend)
+    await app.start()
+    assert "repetition" in app.plugins.filters and "role_markers" in app.plugins.filters
+    backend.enqueue(["I can help."] + [" Sorry."] * 300)
+    events = await collect(app, "help")
+    reply = events[-1]
+    assert isinstance(reply, Reply) and reply.text == "I can help. Sorry."
+    assert reply.usage.completion_tokens < 60  # stopped soon after the loop, not after 301
+    backend.enqueue(["Hello", " there.", "<|im_end|>", "<|im_start|>user", " more"] + [" x"] * 50)
+    reply = (await collect(app, "hi"))[-1]
+    assert isinstance(reply, Reply) and reply.text == "Hello there."
+    assert reply.usage.completion_tokens == 3

@@ -126,6 +126,10 @@ class _Candidate:
         return self.exact or self.row is not None
 
 
+STOP_AFTER_LOOPING = 24
+"""Pieces (about tokens) a reply may go on looping before ``done`` says to stop generating."""
+
+
 class RepetitionFilter:
     """One reply's stream through the repetition rules (see the module docstring).
 
@@ -178,10 +182,18 @@ class RepetitionFilter:
         """Sentences dropped as said before, since the last one kept."""
         self._ending = False
         """The stream ended: a last unit that begins the loop's next unit is part of it."""
+        self._looping_feeds = 0
+        """Pieces fed in a row after which ``looping`` was True."""
 
     @property
     def looping(self) -> bool:
         return bool(self._gram or self._cycle) or self._repeats_in_row >= _REPEATS_IN_A_ROW
+
+    @property
+    def done(self) -> bool:
+        """Still looping after ``STOP_AFTER_LOOPING`` pieces in a row: the model is not leaving
+        the loop, so generation may stop (nothing of it would be shown)."""
+        return self._looping_feeds >= STOP_AFTER_LOOPING
 
     @property
     def held(self) -> str:
@@ -190,6 +202,11 @@ class RepetitionFilter:
         return "".join(u.text for u in self._pending) + unit + self._sep + self._word
 
     def feed(self, text: str) -> str:
+        out = self._feed(text)
+        self._looping_feeds = self._looping_feeds + 1 if self.looping else 0
+        return out
+
+    def _feed(self, text: str) -> str:
         for ch in text:
             was_code = self._fences.inside
             self._fences.step(ch)

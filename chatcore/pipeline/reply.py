@@ -120,6 +120,11 @@ class ReplyPipeline:
                         if chunk.text:
                             received += 1
                             show(chunk.text if output is None else await output.feed(chunk.text))
+                            if output is not None and output.done:
+                                # An end-of-turn token, or a loop: nothing more would be shown.
+                                log.info("message %s: output steps ended the reply", message.id)
+                                usage = Usage(prompt.tokens, received)
+                                break
                         if chunk.finish_reason is not None:
                             finish = chunk.finish_reason
                             usage = chunk.usage or Usage(prompt.tokens, received)

@@ -86,6 +86,11 @@ class RoleMarkerFilter:
         self._token = ""
         self._fences = FenceTracker()
 
+    @property
+    def done(self) -> bool:
+        """After an end-of-turn token nothing more is shown: generation may stop."""
+        return self.ended
+
     def feed(self, text: str) -> str:
         if self.ended:
             return ""

@@ -393,6 +393,18 @@ class OutputChain:
 
         return report
 
+    @property
+    def done(self) -> bool:
+        """A rewriter will show nothing more of this reply (its ``done``): stop generating."""
+        for stage in self.filters:
+            if isinstance(stage, _RewriterFilter) and not stage.failed:
+                try:
+                    if getattr(stage.filter, "done", False) is True:
+                        return True
+                except Exception as error:  # a plugin's property: its failure stops nothing
+                    log.warning("rewriter %s: reading done failed: %s", stage.step.name, error)
+        return False
+
     async def feed(self, text: str) -> str:
         """Run a streamed piece through the steps; return what can be shown now."""
         return await self._bounded(0, text, None)

@@ -110,7 +110,10 @@ class StepContext:
 
 
 class TextFilter(Protocol):
-    """One reply's stream as a rewriter sees it."""
+    """One reply's stream as a rewriter sees it. A filter may also have a ``done`` attribute
+    (or property): True once it will show nothing more of this reply (an end-of-turn token, a
+    loop the model does not leave); the pipeline then stops generation instead of paying for
+    tokens nobody sees."""
 
     def feed(self, text: str) -> str:
         """Add the next piece; return what can be shown now."""
