@@ -42,8 +42,8 @@ async def _loaded(settings: Settings) -> PluginHost:
     return host
 
 
-async def test_builtins_load_and_register(settings: Settings) -> None:
-    host = await _loaded(settings)
+async def test_builtins_load_and_register(isolated_env: Path) -> None:
+    host = await _loaded(make_settings(isolated_env, plugins={"disabled": []}))
     assert {n: i.status for n, i in host.infos.items()} == {
         "backends": "loaded",
         "commands": "loaded",

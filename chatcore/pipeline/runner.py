@@ -198,6 +198,19 @@ def _check_all(steps: Sequence[BuiltStep], text: str, into: Reports, at: _Positi
     return text
 
 
+def _hold(step: BuiltStep, text: str, span: int) -> int:
+    """How many trailing characters of ``text`` the detector must still hold back on a stream:
+    its ``hold(text)`` when it has one (bounded by ``max_span``), else ``max_span``."""
+    hold = getattr(step.detector, "hold", None)
+    if hold is None:
+        return span
+    try:
+        wanted = int(hold(text))
+    except Exception as error:
+        raise _StepFailed(step.name, _what(error)) from None
+    return max(0, min(span, wanted))
+
+
 def _findings(step: BuiltStep, text: str) -> list[Finding]:
     """What ``step`` finds in ``text``, checked: a detector that raises or returns nonsense
     fails closed."""
@@ -316,7 +329,7 @@ class _DetectorFilter:
         if not buffer:
             return ""
         findings = _findings(self.step, buffer)
-        cut = len(buffer) if final else max(0, len(buffer) - self.span)
+        cut = len(buffer) if final else max(0, len(buffer) - _hold(self.step, buffer, self.span))
         moved = True
         while moved:
             moved = False

@@ -84,7 +84,12 @@ class Finding:
 
 class Detector(Protocol):
     """Finds what it looks for in a text; pure and fast (it runs on every message and, on a
-    stream, on every piece). Runs bounded, in a worker thread."""
+    stream, on every piece). Runs bounded, in a worker thread.
+
+    A detector may also have ``hold(text) -> int``: how many trailing characters of a streamed
+    text may still become (or give the context of) a finding. The pipeline then holds back
+    only that much (at most ``max_span``), so replies stream a few words behind instead of
+    ``max_span`` characters behind; without it, ``max_span`` is held."""
 
     max_span: int
     """The longest text one finding can cover: on a stream this much is held back."""

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatcore.pipeline.safety.spans import resolve_overlaps
+from chatcore.pipeline.safety.tails import trailing_tokens
 from chatcore.pipeline.steps import DetectorSettings, DetectorSpec, Finding, Policy, Stage
 
 PiiCategory = Literal["email", "phone", "card_number", "ip_address", "secret"]
@@ -186,6 +187,19 @@ REASONS = {
 }
 
 
+# A word that may be part of personal data (digits, an @, a key-like mix) or the context word
+# before it ("password:", "call"); used to hold a reply's end back while it streams.
+_PII_LIKE = re.compile(r"[\d@]|^[\w-]*[_-][\w-]*$|^\W+$")
+_CONTEXT_WORD = re.compile(
+    r"(?i)^\W*(pass(word|wd|phrase)?|pwd|pin|secret|token|key|api[_-]?key|auth\w*|bearer|"
+    r"credentials?|call|phone|tel|mobile|cell|whatsapp|fax|number|n[oº°]|e-?mail|mail|ip)\W*$"
+)
+
+
+def _may_be_pii(token: str) -> bool:
+    return bool(_PII_LIKE.search(token) or _CONTEXT_WORD.match(token))
+
+
 class PiiDetector:
     """Finds personal data and secrets; ``categories`` limits what is looked for."""
 
@@ -200,6 +214,11 @@ class PiiDetector:
             "phone": _find_phones,
         }
         self._finders = [finders[c] for c in CATEGORIES if c in categories]
+
+    def hold(self, text: str) -> int:
+        """On a stream: hold back the trailing words that may be (or introduce) personal data,
+        with up to two other words between them, so the rest streams (``max_span`` at most)."""
+        return trailing_tokens(text, _may_be_pii, limit=self.max_span)
 
     @classmethod
     def from_settings(cls, settings: DetectorSettings) -> PiiDetector:

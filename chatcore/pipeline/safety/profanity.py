@@ -11,6 +11,7 @@ from importlib import resources
 from pydantic import Field
 
 from chatcore.pipeline.safety.spans import resolve_overlaps
+from chatcore.pipeline.safety.tails import last_tokens
 from chatcore.pipeline.steps import DetectorSettings, DetectorSpec, Finding, Policy
 
 PROFANITY = "profanity"
@@ -131,6 +132,11 @@ class ProfanityDetector:
         words = sorted({w for w in load_wordlist() + list(extra_words) if w not in allowed})
         self._words = re.compile(rf"(?<![^\W_]){_trie_pattern(words)}(?![^\W_])", re.IGNORECASE)
         self.max_span: int = max(len(w) for w in words) * 2 + 40
+
+    def hold(self, text: str) -> int:
+        """On a stream: hold back the last three words (a listed word may still be growing,
+        and abuse phrases are a few words long), so the rest streams."""
+        return last_tokens(text, 3, limit=self.max_span)
 
     @classmethod
     def from_settings(cls, settings: DetectorSettings) -> ProfanityDetector:
