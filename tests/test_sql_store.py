@@ -369,7 +369,7 @@ async def test_the_migrations_create_exactly_the_models(sql_stores: Callable[[],
     """``alembic check``: autogenerate finds nothing to add after the shipped migrations."""
     store = sql_stores()
     await store.open()
-    assert await store.revision() == ("0001", "0001")
+    assert await store.revision() == ("0002", "0002")
     async with store.engine.connect() as connection:
         assert await connection.run_sync(_schema_diff) == []
 
