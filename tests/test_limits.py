@@ -199,10 +199,17 @@ async def test_a_cancelled_reply_counts_what_it_used(isolated_env: Path) -> None
         await engine.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'chatcore.db'}"
+
+
 async def test_the_database_ledger_is_shared_between_stores_and_drops_old_days(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'chatcore.db'}"
+    url = database
     one, two = SqlStore(url), SqlStore(url)
     alice, bob = UserKey("test", "alice"), UserKey("test", "bob")
     day = date(2024, 5, 1)
@@ -266,10 +273,13 @@ class GatedBackend(FakeBackend):
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
+        self.entered: list[str] = []
+        """The last user message of each generation, in the order they began."""
 
     async def stream(  # type: ignore[override]
         self, messages: Sequence[ChatMessage], options: GenerationSettings
     ) -> AsyncIterator[Chunk]:
+        self.entered.append(messages[-1].content)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -286,19 +296,22 @@ async def test_the_cap_runs_n_queues_m_refuses_the_rest_and_serves_the_queue_in_
     backend = GatedBackend()
     engine = await started(isolated_env, backend, max_generations=2, max_queued=2)
     try:
-        streams = [engine.handle(msg(f"m{i}", user=f"u{i}")) for i in range(6)]
-        for _ in range(500):  # bounded
-            if backend.active == 2 and engine.limits.slots.waiting() == 2:
-                break
-            await asyncio.sleep(0.01)
+        streams = []
+        for i in range(4):  # one at a time, so the order they reach the slots is known
+            streams.append(engine.handle(msg(f"m{i}", user=f"u{i}")))
+            for _ in range(500):  # bounded: 5 s
+                if backend.active + engine.limits.slots.waiting() == i + 1:
+                    break
+                await asyncio.sleep(0.01)
         assert backend.active == 2 and engine.limits.slots.waiting() == 2
+        streams += [engine.handle(msg(f"m{i}", user=f"u{i}")) for i in (4, 5)]
         refused = [final(await collect(s)) for s in streams[4:]]  # at once: the gate is shut
         assert [e.code for e in refused if isinstance(e, ReplyError)] == ["busy", "busy"]
         assert "send your message again" in refused[0].text
         backend.gate.set()
         ends = [final(await collect(s)) for s in streams[:4]]
         assert [e.text for e in ends] == [f"You said: m{i}" for i in range(4)]
-        assert [c.messages[-1].content for c in backend.calls] == ["m0", "m1", "m2", "m3"]
+        assert backend.entered == ["m0", "m1", "m2", "m3"]  # the queue, first come first served
         assert backend.max_active == 2
         assert engine.limits.slots.active == 0 and engine.limits.slots.waiting() == 0
         history = await engine.store.history(msg("x", user="u4").conversation)
