@@ -205,9 +205,9 @@ class LimitsSettings(_Section):
     (docs/pipeline.md, Limits). Each limit is per process, except ``daily_tokens`` on a
     database store, which every process sharing the database counts together."""
 
-    messages_per_minute: int = Field(30, ge=0, le=100_000)
+    messages_per_minute: int = Field(0, ge=0, le=100_000)
     """Per user, every message (commands too): the refill rate of a token bucket; 0: off."""
-    burst: int = Field(20, ge=1, le=100_000)
+    burst: int = Field(10, ge=1, le=100_000)
     """Messages a user may send at once before the rate applies (the bucket's size)."""
     daily_tokens: int = Field(0, ge=0)
     """Per user and UTC day, prompt plus completion tokens of model replies; 0: off."""

@@ -376,6 +376,6 @@ async def test_the_timeout_ends_a_slow_reply_keeping_what_was_shown(isolated_env
 
 
 def test_the_limits_section_loads(isolated_env: Path) -> None:
-    settings = make_settings(isolated_env, limits={"messages_per_minute": 0, "daily_tokens": 5})
-    assert settings.limits == LimitsSettings(messages_per_minute=0, daily_tokens=5)
+    settings = make_settings(isolated_env, limits={"messages_per_minute": 12, "daily_tokens": 5})
+    assert settings.limits == LimitsSettings(messages_per_minute=12, daily_tokens=5)
     assert Settings().limits.generation_timeout == 300.0
