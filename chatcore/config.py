@@ -200,6 +200,25 @@ class PipelineSettings(_Section):
     against the settings model its step registered."""
 
 
+class LimitsSettings(_Section):
+    """What one user may ask of the model, and how much the model does at once
+    (docs/pipeline.md, Limits). Each limit is per process, except ``daily_tokens`` on a
+    database store, which every process sharing the database counts together."""
+
+    messages_per_minute: int = Field(0, ge=0, le=100_000)
+    """Per user, every message (commands too): the refill rate of a token bucket; 0: off."""
+    burst: int = Field(10, ge=1, le=100_000)
+    """Messages a user may send at once before the rate applies (the bucket's size)."""
+    daily_tokens: int = Field(0, ge=0)
+    """Per user and UTC day, prompt plus completion tokens of model replies; 0: off."""
+    max_generations: int = Field(8, ge=0, le=10_000)
+    """Replies generated at once in this process; 0: no cap."""
+    max_queued: int = Field(32, ge=0, le=100_000)
+    """Replies waiting for a free generation, in arrival order; beyond them: refused."""
+    generation_timeout: float = Field(300.0, ge=0, le=86_400)
+    """Seconds one generation may run; then it stops, keeping what was shown. 0: off."""
+
+
 class LifecycleSettings(_Section):
     """How the process stops."""
 
@@ -234,6 +253,7 @@ class Settings(BaseSettings):
     the model its adapter registered."""
     plugins: PluginsSettings = PluginsSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    limits: LimitsSettings = LimitsSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -22,9 +22,11 @@ from chatcore.context import ContextBuilder
 from chatcore.events import ConversationKey, Message, Reply, ReplyError, ReplyEvent
 from chatcore.failures import logged_failure
 from chatcore.generation.types import Backend
+from chatcore.limits import Limits
 from chatcore.memory.base import ConversationBusyError, ConversationStore, UserKey
 from chatcore.memory.service import Memories
 from chatcore.memory.summary import ExtractiveSummarizer, RollingSummaries
+from chatcore.memory.usage import usage_ledger
 from chatcore.metrics import Metrics
 from chatcore.pipeline.reply import ReplyPipeline, refusal
 from chatcore.pipeline.runner import Steps, build_steps
@@ -116,6 +118,7 @@ class Engine:
         plugins: PluginHost | None = None,
         memories: Memories | None = None,
         metrics: Metrics | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -132,6 +135,8 @@ class Engine:
         )
         self.metrics = metrics or Metrics()
         """Where the pipeline counts what its steps did (the app shares it with adapters)."""
+        self.limits = limits or Limits(settings.limits, usage_ledger(store))
+        """The per-user rate and quota, the generation slots and the timeout (``[limits]``)."""
         self.router = Router(self.plugins, self.services)
         self.steps = Steps([], seconds=settings.plugins.hook_timeout)
         """The pipeline's steps; made from what plugins registered at ``start``."""
@@ -193,6 +198,7 @@ class Engine:
             self.steps,
             self.plugins,
             self.services,
+            limits=self.limits,
         )
 
     def stop(self) -> asyncio.Future[Any]:
@@ -238,6 +244,13 @@ class Engine:
             if not self._stopping:
                 request.emit(ReplyError(message.id, "empty_message", "The message is empty."))
             request.end(SHUTTING_DOWN)
+            _log_outcome(request)
+            return ReplyStream(request, None)
+        # On arrival, commands too: a refused message is not queued, stored or seen by hooks.
+        limited = self.limits.admit(UserKey.of(message.conversation), message.id)
+        if limited is not None:
+            request.emit(limited)
+            request.end()
             _log_outcome(request)
             return ReplyStream(request, None)
         key = message.conversation

@@ -112,6 +112,10 @@ ErrorCode = Literal[
     "cancelled",
     "conversation_busy",
     "blocked",
+    "rate_limited",
+    "quota_exceeded",
+    "busy",
+    "timed_out",
 ]
 
 

@@ -30,6 +30,7 @@ from chatcore.events import (
 )
 from chatcore.failures import logged_failure
 from chatcore.generation.types import Backend, GenerationError
+from chatcore.limits import BUSY, Limits, Spend, timed_out
 from chatcore.memory.barrier import UserErasedError
 from chatcore.memory.base import ConversationStore, UserKey
 from chatcore.memory.summary import RollingSummaries
@@ -71,8 +72,12 @@ class ReplyPipeline:
         steps: Steps,
         plugins: PluginHost,
         services: Services,
+        *,
+        limits: Limits | None = None,
     ) -> None:
         self.settings = settings
+        self.limits = limits
+        """The quota, the generation slots and the timeout; None: no limits."""
         self.backend = backend
         self.store = store
         self.context = context
@@ -84,8 +89,18 @@ class ReplyPipeline:
 
     async def run(self, message: Message, emit: Emit) -> None:
         """Stream the reply to ``message`` through ``emit``: chunks, then one ``Reply`` or
-        ``ReplyError``, then the after-reply hooks' notices."""
+        ``ReplyError``, then the after-reply hooks' notices. With ``limits``: refused at once
+        past the user's daily quota or when the generation queue is full, and stopped at the
+        generation timeout."""
         key = message.conversation
+        limits = self.limits
+        spend: Spend | None = None
+        if limits is not None:
+            checked = await limits.check_quota(UserKey.of(key), message.id)
+            if isinstance(checked, ReplyError):
+                emit(checked)
+                return
+            spend = checked
         try:
             plan = await self.prompts.build(message)
         except MessageTooLongError as error:
@@ -96,6 +111,10 @@ class ReplyPipeline:
             emit(logged_failure(message, "internal_error", summary, error))
             return
         prompt = plan.prompt
+        if limits is not None and not await limits.slots.acquire():
+            emit(ReplyError(message.id, "busy", BUSY))
+            return
+        slot = limits is not None
         received = 0
         limit = self.settings.generation.max_new_tokens
         output = await self.steps.open_output(
@@ -110,13 +129,30 @@ class ReplyPipeline:
                 shown.append(text)
 
         finish: FinishReason = "stop"
-        usage = Usage(prompt.tokens, 0)
+        usage: Usage | None = None
         failure: ReplyError | None = None
+        loop = asyncio.get_running_loop()
+        seconds = None if limits is None else limits.timeout
+        deadline = None if seconds is None else loop.time() + seconds
         try:
             try:
                 stream = self.backend.stream(prompt.messages, self.settings.generation)
+                chunks = aiter(stream)
                 try:
-                    async for chunk in stream:
+                    while True:
+                        timer = asyncio.timeout_at(deadline)
+                        try:
+                            async with timer:  # only the model's time: not the steps'
+                                chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            if not timer.expired():
+                                raise
+                            assert seconds is not None
+                            log.info("message %s: generation timed out", message.id)
+                            failure = timed_out(message.id, seconds)
+                            break
                         if chunk.text:
                             received += 1
                             show(chunk.text if output is None else await output.feed(chunk.text))
@@ -130,6 +166,9 @@ class ReplyPipeline:
                             usage = chunk.usage or Usage(prompt.tokens, received)
                 finally:
                     await _close_stream(stream)  # also when a step blocked: generation stops
+                    if slot and limits is not None:
+                        slot = False
+                        limits.slots.release()
             except GenerationError as error:
                 summary = "The model could not answer"
                 failure = logged_failure(message, "backend_error", summary, error)
@@ -138,12 +177,18 @@ class ReplyPipeline:
         except Blocked as blocked:
             failure = refusal(message, blocked, output=True)
         finally:
+            if slot and limits is not None:  # cancelled before the stream was made
+                limits.slots.release()
             # Nothing is lost: the user's message stays, and so does what was shown of a reply.
             text = "".join(shown)
             turn = [ChatMessage("user", message.text)]
             if text.strip():
                 turn.append(ChatMessage("assistant", text))
             kept = await self._store_turn(key, turn)
+            if usage is None:
+                usage = Usage(prompt.tokens, received)
+            if spend is not None and limits is not None:
+                await self._spend(limits, spend, usage)
         if failure is not None:
             emit(failure)
             return
@@ -154,6 +199,15 @@ class ReplyPipeline:
         self.summaries.update(key, plan.summary, [*plan.history, *kept], prompt.dropped)
         await self._record_costs(key, kept)
         self._emit_notices(message, await self._after_reply(message, reply), emit)
+
+    @staticmethod
+    async def _spend(limits: Limits, spend: Spend, usage: Usage) -> None:
+        """Count the reply's tokens against the quota; a failure to count is logged, and the
+        reply goes on (the user is not to blame)."""
+        try:
+            await limits.spend(spend, usage.prompt_tokens + usage.completion_tokens)
+        except Exception:
+            log.warning("could not count the tokens of %s's reply", spend.user, exc_info=True)
 
     async def _store_turn(
         self, key: ConversationKey, turn: list[ChatMessage]
