@@ -594,3 +594,33 @@ async def test_the_built_in_detectors_redact_a_streamed_reply_that_still_streams
     # It streams: plain words come out a few words behind, not all at the end (holding back
     # max_span, 400 characters, would show this reply in one or two pieces).
     assert len(chunks) > 10
+
+
+LEAKY = (
+    "Noted. The api key for the staging server is 9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c and the "
+    "password for the bank website is Hunter2Rocks99! as you asked. Honestly, you are a "
+    "worthless waste of space today. Card: 4111-1111-1111-1111. Ring the hotline on "
+    "+1 415 555 0132 tomorrow."
+)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_a_streamed_reply_is_redacted_as_if_it_came_whole(
+    new_app: AppFactory, isolated_env: Path, seed: int
+) -> None:
+    import random
+
+    settings = make_settings(isolated_env, plugins={"disabled": ["postprocess"]})
+    backend = FakeBackend()
+    app = await new_app(settings, backend=backend)
+    await app.start()
+    backend.enqueue([LEAKY])
+    whole = (await collect(app, "go"))[-1]
+    assert isinstance(whole, Reply)
+    for raw in ("9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c", "Hunter2Rocks99", "worthless", "4111-1111"):
+        assert raw not in whole.text
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(LEAKY)), 40))
+    backend.enqueue([LEAKY[a:b] for a, b in zip([0, *cuts], [*cuts, len(LEAKY)], strict=True)])
+    streamed = (await collect(app, "again"))[-1]
+    assert isinstance(streamed, Reply) and streamed.text == whole.text

@@ -28,7 +28,7 @@ def unsupported_settings(backend: Backend, settings: Settings) -> list[Unsupport
 
 def check_generation_settings(backend: Backend, settings: Settings) -> None:
     """Raise ``ConfigError``, one line per setting, for chosen values ``backend`` cannot
-    honour; log those left at their defaults."""
+    honour; warn about those left at their defaults."""
     lines = []
     for problem in unsupported_settings(backend, settings):
         value = getattr(settings.generation, problem.setting, None)
@@ -39,7 +39,7 @@ def check_generation_settings(backend: Backend, settings: Settings) -> None:
                 f"{problem.reason}"
             )
         else:
-            log.info(
+            log.warning(  # not silently ignored: said once at start, where operators look
                 "%s (the default) is not used by the %s backend: %s",
                 where,
                 backend.name,

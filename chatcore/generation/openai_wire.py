@@ -93,12 +93,22 @@ def parse_error(status: int, text: str) -> ServerError:
         error = data.get("error", data)
         if isinstance(error, dict):
             found = error.get("message") or error.get("detail") or ""
-            message = found if isinstance(found, str) else json.dumps(found)
+            message = found if isinstance(found, str) else json.dumps(_without_inputs(found))
             kind = error.get("code") or error.get("type") or ""
             code = str(kind)
         elif isinstance(error, str):
             message = error
     return ServerError(status, one_line(message), code)
+
+
+def _without_inputs(detail: object) -> object:
+    """A validation error's detail (FastAPI, vLLM: a list of {loc, msg, input, ctx}) without
+    what echoes the request: the prompt must not reach the log through an error."""
+    if isinstance(detail, list):
+        return [_without_inputs(item) for item in detail]
+    if isinstance(detail, dict):
+        return {k: _without_inputs(v) for k, v in detail.items() if k not in ("input", "ctx")}
+    return detail
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -166,7 +176,8 @@ def parse_event(payload: str) -> Delta:
     try:
         event = json.loads(payload)
     except ValueError:
-        return Delta(error=f"the server sent something that is not JSON: {one_line(payload, 80)}")
+        # Not its text: it may be model output the output steps would have redacted.
+        return Delta(error=f"the server sent an event that is not JSON ({len(payload)} bytes)")
     if not isinstance(event, dict):
         return Delta()
     if "error" in event:

@@ -29,7 +29,12 @@ from chatcore.events import (
     Usage,
 )
 from chatcore.failures import logged_failure
-from chatcore.generation.types import Backend, GenerationError
+from chatcore.generation.types import (
+    INTERRUPTED_MARKER,
+    Backend,
+    GenerationError,
+    StreamInterruptedError,
+)
 from chatcore.limits import BUSY, Limits, Spend, timed_out
 from chatcore.memory.barrier import UserErasedError
 from chatcore.memory.base import ConversationStore, UserKey
@@ -101,25 +106,35 @@ class ReplyPipeline:
                 emit(checked)
                 return
             spend = checked
-        try:
-            plan = await self.prompts.build(message)
-        except MessageTooLongError as error:
-            emit(ReplyError(message.id, "message_too_long", str(error)))
-            return
-        except SystemPromptTooLongError as error:  # plugins added too much: the operator's to fix
-            summary = "The bot cannot answer right now"
-            emit(logged_failure(message, "internal_error", summary, error))
-            return
-        prompt = plan.prompt
-        if limits is not None and not await limits.slots.acquire():
-            emit(ReplyError(message.id, "busy", BUSY))
-            return
-        slot = limits is not None
+        slot = False
         received = 0
         limit = self.settings.generation.max_new_tokens
-        output = await self.steps.open_output(
-            message, self.services, tokens_left=lambda: max(0, limit - received)
-        )
+        try:
+            try:
+                plan = await self.prompts.build(message)
+            except MessageTooLongError as error:
+                emit(ReplyError(message.id, "message_too_long", str(error)))
+                return
+            except SystemPromptTooLongError as error:  # plugins added too much: the operator's
+                summary = "The bot cannot answer right now"
+                emit(logged_failure(message, "internal_error", summary, error))
+                return
+            prompt = plan.prompt
+            if limits is not None:
+                if not await limits.slots.acquire():
+                    emit(ReplyError(message.id, "busy", BUSY))
+                    return
+                slot = True
+            output = await self.steps.open_output(
+                message, self.services, tokens_left=lambda: max(0, limit - received)
+            )
+        except BaseException as error:
+            if slot and limits is not None:  # never a slot lost to a reply that never ran
+                limits.slots.release()
+            if isinstance(error, asyncio.CancelledError):
+                # Stopped before generation began: the user's message is still kept.
+                await self._store_turn(key, [ChatMessage("user", message.text)])
+            raise
 
         shown: list[str] = []
 
@@ -129,6 +144,7 @@ class ReplyPipeline:
                 shown.append(text)
 
         finish: FinishReason = "stop"
+        interrupted = False
         usage: Usage | None = None
         failure: ReplyError | None = None
         loop = asyncio.get_running_loop()
@@ -169,6 +185,10 @@ class ReplyPipeline:
                     if slot and limits is not None:
                         slot = False
                         limits.slots.release()
+            except StreamInterruptedError as error:
+                summary = "The model's answer broke off"
+                failure = logged_failure(message, "backend_error", summary, error)
+                interrupted = True
             except GenerationError as error:
                 summary = "The model could not answer"
                 failure = logged_failure(message, "backend_error", summary, error)
@@ -183,12 +203,16 @@ class ReplyPipeline:
             text = "".join(shown)
             turn = [ChatMessage("user", message.text)]
             if text.strip():
-                turn.append(ChatMessage("assistant", text))
-            kept = await self._store_turn(key, turn)
-            if usage is None:
-                usage = Usage(prompt.tokens, received)
-            if spend is not None and limits is not None:
-                await self._spend(limits, spend, usage)
+                # A reply that broke off is stored marked as cut, so later prompts read it so.
+                stored = text + INTERRUPTED_MARKER if interrupted else text
+                turn.append(ChatMessage("assistant", stored))
+            try:
+                kept = await self._store_turn(key, turn)
+            finally:  # counted also when a second cancellation cut the store short
+                if usage is None:
+                    usage = Usage(prompt.tokens, received)
+                if spend is not None and limits is not None:
+                    await self._spend(limits, spend, usage)
         if failure is not None:
             emit(failure)
             return

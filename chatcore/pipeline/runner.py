@@ -308,9 +308,12 @@ def _what(error: BaseException) -> str:
 
 
 class _DetectorFilter:
-    """A detector on the stream: it scans what is held plus each new piece and releases all
-    but the last ``max_span`` characters (a finding may still be growing there); a finding
-    that crosses that line is held whole."""
+    """A detector on the stream. It scans the held text and each new piece, with up to
+    ``max_span`` characters of what was already released before them as read-only context
+    (a finding may need the words before it: "password is ..."), and releases all but what
+    the detector's ``hold`` (else ``max_span``) says may still become a finding; a finding
+    that crosses that line is held whole. Findings that end in the context were decided when
+    that text was released."""
 
     def __init__(self, step: BuiltStep, into: Reports) -> None:
         assert step.detector is not None
@@ -318,6 +321,7 @@ class _DetectorFilter:
         self.span = max(0, int(step.detector.max_span))
         self.into = into
         self.held = ""
+        self.context = ""
 
     def feed(self, text: str) -> str:
         return self._scan(self.held + text, final=False)
@@ -328,7 +332,12 @@ class _DetectorFilter:
     def _scan(self, buffer: str, *, final: bool) -> str:
         if not buffer:
             return ""
-        findings = _findings(self.step, buffer)
+        offset = len(self.context)
+        findings = []
+        for found in _findings(self.step, self.context + buffer):
+            if found.end > offset:  # in what is not released yet (a start in the context
+                start = max(found.start, offset) - offset  # was shown: the rest is not)
+                findings.append(Finding(found.category, start, found.end - offset))
         cut = len(buffer) if final else max(0, len(buffer) - _hold(self.step, buffer, self.span))
         moved = True
         while moved:
@@ -340,6 +349,7 @@ class _DetectorFilter:
         ready = [f for f in findings if f.start < cut and f.end <= cut]
         released = _apply(self.step, "output", buffer[:cut], ready, self.into)
         self.held = buffer[cut:]
+        self.context = (self.context + buffer[:cut])[-self.span :] if self.span else ""
         return released
 
 

@@ -134,9 +134,10 @@ class ProfanityDetector:
         self.max_span: int = max(len(w) for w in words) * 2 + 40
 
     def hold(self, text: str) -> int:
-        """On a stream: hold back the last three words (a listed word may still be growing,
-        and abuse phrases are a few words long), so the rest streams."""
-        return last_tokens(text, 3, limit=self.max_span)
+        """On a stream: hold back the last eight words (a listed word may still be growing,
+        and an abuse phrase, "you are a worthless waste of space", is up to eight words long),
+        so the rest streams."""
+        return last_tokens(text, 8, limit=self.max_span)
 
     @classmethod
     def from_settings(cls, settings: DetectorSettings) -> ProfanityDetector:
