@@ -25,6 +25,7 @@ from chatcore.generation.openai_wire import (
     DONE,
     ServerError,
     drop_oldest_turns,
+    parse_event,
     read_server_error,
     request_body,
     retry_after,
@@ -178,14 +179,20 @@ class OpenAIBackend:
         pieces = 0
         finish: FinishReason | None = None
         usage: Usage | None = None
+        probing = probed = False
         while True:
             finish, usage = None, None  # each try starts afresh (nothing was shown yet)
+            seen = 0
             try:
                 body = request_body(self.model, prompt, options)
+                if probing:  # once: the same request unstreamed, to get the server's answer
+                    body["stream"] = False
+                    body.pop("stream_options", None)
                 response = await self._send("/chat/completions", body)
                 try:
-                    async with contextlib.aclosing(self._read(response)) as events:
+                    async with contextlib.aclosing(self._events(response, probing)) as events:
                         async for delta in events:
+                            seen += 1
                             if delta.error:
                                 raise _Broken(
                                     f"the model server reported an error: {delta.error}",
@@ -214,6 +221,7 @@ class OpenAIBackend:
                 finally:
                     response.close()  # at once, also when the consumer went away
             except _ContextTooLong as error:
+                probing = False
                 shorter = None if trimmed else drop_oldest_turns(prompt)
                 if shorter is None:
                     how = (
@@ -246,6 +254,14 @@ class OpenAIBackend:
                     ) from error
                 if not error.retryable:
                     raise
+                if not seen and not probed:
+                    # Some servers (llama.cpp's) answer a request they cannot stream, a prompt
+                    # over their context say, by closing the stream at once: ask once without
+                    # streaming, which gives their error (or the whole answer).
+                    log.warning("%s without a word; asking once without streaming", error)
+                    probing = probed = True
+                    continue
+                probing = False
                 failures = await self._before_retry(failures, _Retryable(str(error)))
                 continue
             except _Retryable as error:
@@ -326,6 +342,20 @@ class OpenAIBackend:
             f"{self.settings.read_timeout:g} s (openai.read_timeout); it may be overloaded, or "
             "the model slow to start a reply: raise openai.read_timeout"
         )
+
+    async def _events(
+        self, response: aiohttp.ClientResponse, whole: bool
+    ) -> AsyncGenerator[Any, None]:
+        """The reply's events: the stream's, or the one answer of an unstreamed request."""
+        if not whole:
+            async with contextlib.aclosing(self._read(response)) as events:
+                async for delta in events:
+                    yield delta
+            return
+        delta = parse_event(await response.text())
+        yield delta
+        if delta.finish_reason is None and not delta.error:
+            yield DONE
 
     async def _read(self, response: aiohttp.ClientResponse) -> AsyncGenerator[Any, None]:
         """The response's events; a broken stream raises ``_Broken``."""

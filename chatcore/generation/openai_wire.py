@@ -172,7 +172,7 @@ async def server_events(response: aiohttp.ClientResponse) -> AsyncGenerator[Delt
 
 
 def parse_event(payload: str) -> Delta:
-    """One ``data:`` payload of a chat-completion chunk."""
+    """One ``data:`` payload of a chat-completion chunk (or a whole non-streamed answer)."""
     try:
         event = json.loads(payload)
     except ValueError:
@@ -187,7 +187,7 @@ def parse_event(payload: str) -> Delta:
     choice = choices[0] if isinstance(choices, list) and choices else {}
     if not isinstance(choice, dict):
         return Delta(usage=usage)
-    delta = choice.get("delta")
+    delta = choice.get("delta") or choice.get("message")  # a whole (non-streamed) answer
     text = delta.get("content") if isinstance(delta, dict) else None
     reason = choice.get("finish_reason")
     finish: FinishReason | None = None
