@@ -20,6 +20,7 @@ from chatcore.config import (
     masked_settings,
 )
 from chatcore.plugins import PluginHost
+from tests.conftest import make_settings
 
 runner = CliRunner()
 
@@ -49,8 +50,9 @@ def _flatten(data: dict[str, object], prefix: str = "") -> dict[str, object]:
 
 
 async def test_default_toml_holds_every_setting_with_the_code_default(
-    settings: Settings,
+    isolated_env: Path,
 ) -> None:
+    settings = make_settings(isolated_env, plugins={"disabled": []})  # every built-in step
     with default_config_path().open("rb") as handle:
         in_file = _flatten(tomllib.load(handle))
     expected = _fields(Settings)
