@@ -75,7 +75,11 @@ async def test_a_broken_stream_keeps_the_partial_reply_in_the_conversation(
     assert "".join(e.text for e in events if isinstance(e, ReplyChunk)) == "Half a "
     assert isinstance(events[-1], ReplyError) and events[-1].code == "backend_error"
     history = await store.history(msg("x").conversation)
-    assert [(m.role, m.content) for m in history] == [("user", "tell me"), ("assistant", "Half a ")]
+    # Stored marked as cut, so that later prompts read it so.
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "tell me"),
+        ("assistant", "Half a […]"),
+    ]
 
 
 async def test_a_chosen_setting_the_backend_cannot_honour_stops_the_start(

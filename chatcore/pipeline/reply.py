@@ -204,7 +204,7 @@ class ReplyPipeline:
             turn = [ChatMessage("user", message.text)]
             if text.strip():
                 # A reply that broke off is stored marked as cut, so later prompts read it so.
-                stored = text + INTERRUPTED_MARKER if interrupted else text
+                stored = text.rstrip() + INTERRUPTED_MARKER if interrupted else text
                 turn.append(ChatMessage("assistant", stored))
             try:
                 kept = await self._store_turn(key, turn)
