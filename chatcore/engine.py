@@ -273,7 +273,7 @@ class Engine:
         try:
             if previous is not None:
                 await asyncio.wait([previous])
-            async with self._conversation(message.conversation):
+            async with self._conversation(message.conversation, previous is not None):
                 try:
                     # Before anything sees it (hooks, commands, the prompt, the store, the log).
                     message = await self.steps.check_input(message)
@@ -295,11 +295,15 @@ class Engine:
         except Exception:
             request.emit(logged_failure(message, "internal_error", "Something went wrong"))
 
-    def _conversation(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
+    def _conversation(
+        self, key: ConversationKey, queued: bool
+    ) -> AbstractAsyncContextManager[None]:
         """Hold the conversation against other processes sharing the database, once this
-        process's earlier messages of it are done: commands too (a ``/reset`` must not cut a
-        turn in half). ``ConversationBusyError`` past ``storage.conversation_wait``."""
-        return self.store.conversation_lock(key, self.settings.storage.conversation_wait)
+        process's earlier messages of it are done (``queued``: there were some): commands too
+        (a ``/reset`` must not cut a turn in half). ``ConversationBusyError`` past
+        ``storage.conversation_wait``."""
+        wait = self.settings.storage.conversation_wait
+        return self.store.conversation_lock(key, wait, queued=queued)
 
 
 def _log_outcome(request: _Request) -> None:
