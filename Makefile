@@ -6,6 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.chatcore-installed
 
+# llama.cpp's OpenAI-compatible server, which one test runs the openai backend against (only
+# `make test` installs it; set CHATCORE_SKIP_LLAMA=1 to skip that test instead).
+LLAMA := 'llama-cpp-python[server]==0.3.36'
+
 .PHONY: install chat test lint bench clean
 
 install: $(STAMP)
@@ -32,6 +36,9 @@ lint: install
 # with CHATCORE_SKIP_BROWSER=1 / CHATCORE_SKIP_POSTGRES=1.
 test: lint
 	@if [ "$$CHATCORE_SKIP_BROWSER$$CHATCORE_SKIP_POSTGRES" = "" ]; then bash .ci/system-deps; fi
+	@if [ "$$CHATCORE_SKIP_LLAMA" = "" ] && ! $(BIN)/python -c "import llama_cpp.server" 2>/dev/null; then \
+		echo "installing llama-cpp-python[server] for the real OpenAI-compatible server test (it builds from source: minutes)" >&2; \
+		$(BIN)/python -m pip install --quiet $(LLAMA); fi
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: install

@@ -14,10 +14,11 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from chatcore.adapter_api import Adapter, AdapterContext, CommandInfo, ReplyStream
-from chatcore.config import ConfigError, Settings, section_settings
+from chatcore.config import ConfigError, Settings, section_settings, step_settings
 from chatcore.engine import Engine
 from chatcore.events import Message
 from chatcore.files import secure_home
+from chatcore.generation.capabilities import check_generation_settings
 from chatcore.generation.types import Backend, GenerationError
 from chatcore.lifecycle import ShutdownSignals
 from chatcore.memory.base import ConversationStore
@@ -54,8 +55,8 @@ class App:
         self.plugins = plugins
         self.engine = engine
         self.stopping = asyncio.Event()
-        self.metrics = Metrics()
-        """Shared by every adapter, so one scrape covers them all."""
+        self.metrics: Metrics = engine.metrics
+        """Shared by every adapter and the pipeline, so one scrape covers them all."""
         self.signals: ShutdownSignals | None = None
         self._started = False
         self._startup_began = False
@@ -146,7 +147,8 @@ async def create_app(
     store: ConversationStore | None = None,
 ) -> App:
     """Load plugins (unless given), create the configured backend and store (unless given)
-    and the engine. Raises ``PluginError`` when the configured backend does not exist."""
+    and the engine. Raises ``PluginError`` when the configured backend does not exist, and
+    ``ConfigError`` when it cannot honour a chosen generation setting."""
     if plugins is None:
         plugins = PluginHost()
         await plugins.load(settings)
@@ -155,6 +157,8 @@ async def create_app(
         factory = plugins.backends.get(name)
         with _blame(plugins.backends, name, "failed to start"):
             backend = factory(settings)
+    # Settings the backend cannot honour stop the start here, one line each, before any work.
+    check_generation_settings(backend, settings)
     try:
         for problem in secure_home(settings.home_path):
             log.warning("%s", problem)
@@ -170,6 +174,7 @@ async def create_app(
         store = sql
     app = App(settings, plugins, Engine(settings, backend, store, plugins))
     _check_adapter_sections(app)
+    _check_step_sections(app)
     return app
 
 
@@ -189,6 +194,25 @@ def _check_adapter_sections(app: App) -> None:
             )
         else:
             log.info("[adapters.%s]: no plugin registers an adapter by that name", name)
+
+
+def _check_step_sections(app: App) -> None:
+    """Validate every ``[pipeline.steps.*]`` section of a registered step now; a section no
+    plugin registers is only reported (with a warning when it sets anything: its step will
+    not run)."""
+    steps = app.plugins.filters
+    for name, raw in app.settings.pipeline.steps.items():
+        if name in steps:
+            step_settings(app.settings, name, steps.get(name).settings)
+        elif raw:
+            known = ", ".join(steps.names()) or "none"
+            log.warning(
+                "[pipeline.steps.%s] is set but no plugin registers a step named %r, so it does "
+                "not run; steps: %s (see `chatcore plugins`)",
+                name,
+                name,
+                known,
+            )
 
 
 def open_store(settings: Settings) -> SqlStore:

@@ -66,6 +66,35 @@ class ModelSettings(_Section):
     threads: int = Field(0, ge=0, le=256)
 
 
+class OpenAISettings(_Section):
+    """The server of the ``openai`` backend: any OpenAI-compatible ``/v1/chat/completions``
+    (docs/openai.md). Used only when ``model.backend = "openai"``."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    """The model name the server knows; empty: the only one the server lists."""
+    api_key: SecretStr = SecretStr("")
+    """A secret: only from the environment (``CHATCORE_OPENAI__API_KEY``)."""
+    tokenizer: str = ""
+    """A local Hugging Face tokenizer folder or ``tokenizer.json`` to count prompt tokens with;
+    empty: a conservative estimate from the text's size."""
+    connect_timeout: float = Field(10.0, gt=0, le=600)
+    read_timeout: float = Field(120.0, gt=0, le=3600)
+    retries: int = Field(3, ge=0, le=20)
+    retry_backoff: float = Field(1.0, ge=0, le=60)
+    max_retry_wait: float = Field(30.0, ge=0, le=3600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(
+                "must be the server's http:// or https:// address, usually ending in /v1, "
+                "e.g. http://127.0.0.1:8000/v1"
+            )
+        return value.rstrip("/")
+
+
 class GenerationSettings(_Section):
     """How replies are decoded; also the per-call options a backend receives."""
 
@@ -129,13 +158,7 @@ class AdapterSettings(_Section):
     def _json_from_environment(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        decoded = dict(data)
-        for name, value in data.items():
-            field = cls.model_fields.get(name)
-            if field is not None and isinstance(value, str) and _is_structured(field.annotation):
-                with contextlib.suppress(ValueError):
-                    decoded[name] = json.loads(value)
-        return decoded
+        return _json_fields(cls, data)
 
 
 class MemorySettings(_Section):
@@ -157,6 +180,8 @@ class PluginsSettings(_Section):
         "backends",
         "commands",
         "memory",
+        "safety",
+        "postprocess",
         "terminal",
         "websocket",
         "discord",
@@ -165,6 +190,33 @@ class PluginsSettings(_Section):
     hook_timeout: float = Field(10.0, gt=0, le=3600)
     command_timeout: float = Field(60.0, gt=0, le=3600)
     max_failures: int = Field(5, ge=0)
+
+
+class PipelineSettings(_Section):
+    """The reply pipeline's steps (docs/pipeline.md)."""
+
+    steps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Raw ``[pipeline.steps.<name>]`` sections; each is validated by ``step_settings``
+    against the settings model its step registered."""
+
+
+class LimitsSettings(_Section):
+    """What one user may ask of the model, and how much the model does at once
+    (docs/pipeline.md, Limits). Each limit is per process, except ``daily_tokens`` on a
+    database store, which every process sharing the database counts together."""
+
+    messages_per_minute: int = Field(0, ge=0, le=100_000)
+    """Per user, every message (commands too): the refill rate of a token bucket; 0: off."""
+    burst: int = Field(10, ge=1, le=100_000)
+    """Messages a user may send at once before the rate applies (the bucket's size)."""
+    daily_tokens: int = Field(0, ge=0)
+    """Per user and UTC day, prompt plus completion tokens of model replies; 0: off."""
+    max_generations: int = Field(8, ge=0, le=10_000)
+    """Replies generated at once in this process; 0: no cap."""
+    max_queued: int = Field(32, ge=0, le=100_000)
+    """Replies waiting for a free generation, in arrival order; beyond them: refused."""
+    generation_timeout: float = Field(300.0, ge=0, le=86_400)
+    """Seconds one generation may run; then it stops, keeping what was shown. 0: off."""
 
 
 class LifecycleSettings(_Section):
@@ -195,10 +247,13 @@ class Settings(BaseSettings):
     context: ContextSettings = ContextSettings()
     storage: StorageSettings = StorageSettings()
     memory: MemorySettings = MemorySettings()
+    openai: OpenAISettings = OpenAISettings()
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Raw ``[adapters.<name>]`` sections; each is validated by ``section_settings`` against
     the model its adapter registered."""
     plugins: PluginsSettings = PluginsSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    limits: LimitsSettings = LimitsSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -220,6 +275,24 @@ class Settings(BaseSettings):
 
     _origin: dict[tuple[str, ...], Path] = PrivateAttr(default_factory=dict)
     """Which file set each value that came from a file (for error messages)."""
+    _explicit: frozenset[tuple[str, ...]] | None = PrivateAttr(default=None)
+    """What the user's file and the environment set (``load_settings``); None: built in code."""
+
+    def is_explicit(self, *loc: str) -> bool:
+        """Whether the setting at ``loc`` (e.g. ``"generation", "top_k"``) was chosen, in the
+        user's file, the environment or in code, rather than left at its default: a backend
+        refuses what it cannot honour only when it was chosen."""
+        if self._explicit is not None:
+            return any(loc[:n] in self._explicit for n in range(1, len(loc) + 1))
+        node: BaseModel = self
+        for part in loc:
+            if part not in node.model_fields_set:
+                return False
+            child = getattr(node, part)
+            if not isinstance(child, BaseModel):
+                return True
+            node = child
+        return True
 
     @property
     def home_path(self) -> Path:
@@ -291,17 +364,35 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         raise ConfigError([f"config error: {error}"]) from None
     settings = Settings.model_validate(dict(loaded))
     settings._origin = origin
+    defaults = default_config_path()
+    settings._explicit = frozenset(
+        {loc for loc, path in origin.items() if path != defaults} | _environment_locs(os.environ)
+    )
     _check_consistency(settings)
     return settings
 
 
 M = TypeVar("M", bound=AdapterSettings)
+S = TypeVar("S", bound=BaseModel)
 
 
 def section_settings(settings: Settings, name: str, model: type[M]) -> M:
     """Validate the section ``[adapters.<name>]`` against ``model``; raise ``ConfigError`` with
     one line per problem, naming where each value came from. Secrets in files are refused."""
-    prefix = ("adapters", name)
+    return _validate_section(settings, ("adapters", name), settings.adapters.get(name, {}), model)
+
+
+def step_settings(settings: Settings, name: str, model: type[S]) -> S:
+    """Validate the section ``[pipeline.steps.<name>]`` against the settings ``model`` the step
+    registered, with the same one-line errors as ``section_settings``; a step without a section
+    gets the model's defaults. Tables and lists from the environment are JSON."""
+    raw = settings.pipeline.steps.get(name, {})
+    return _validate_section(settings, ("pipeline", "steps", name), _json_fields(model, raw), model)
+
+
+def _validate_section(
+    settings: Settings, prefix: tuple[str, ...], raw: Mapping[str, Any], model: type[S]
+) -> S:
     secrets_in_files = [
         f"config error: {'.'.join(loc)} is a secret and must not be in "
         f"{settings._origin[loc]}; remove it there and set the environment variable "
@@ -312,9 +403,21 @@ def section_settings(settings: Settings, name: str, model: type[M]) -> M:
     if secrets_in_files:
         raise ConfigError(secrets_in_files)
     try:
-        return model.model_validate(settings.adapters.get(name, {}))
+        return model.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_describe(error, settings._origin, prefix, model)) from None
+
+
+def _json_fields(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the text values of list and table fields decoded as JSON, where they are
+    JSON: the environment can only give text."""
+    decoded = dict(data)
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is not None and isinstance(value, str) and _is_structured(field.annotation):
+            with contextlib.suppress(ValueError):
+                decoded[name] = json.loads(value)
+    return decoded
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -396,6 +499,15 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             break
     if lines:
         raise ConfigError(lines)
+
+
+def _environment_locs(environ: Mapping[str, str]) -> set[tuple[str, ...]]:
+    """The settings ``CHATCORE_SECTION__KEY`` variables set."""
+    return {
+        tuple(name[len(ENV_PREFIX) :].lower().split("__"))
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.lower() not in _NOT_SETTINGS
+    }
 
 
 def _is_structured(annotation: Any) -> bool:

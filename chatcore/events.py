@@ -111,6 +111,11 @@ ErrorCode = Literal[
     "internal_error",
     "cancelled",
     "conversation_busy",
+    "blocked",
+    "rate_limited",
+    "quota_exceeded",
+    "busy",
+    "timed_out",
 ]
 
 

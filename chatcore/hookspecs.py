@@ -2,7 +2,8 @@
 
 Plugin authors mark implementations with ``chatcore.hookimpl``. Any hook may be a coroutine
 function; chatcore awaits what needs awaiting. A hook that raises is logged with the plugin's
-name and contained: it never takes the bot down.
+name and contained: it never takes the bot down. Wrapper implementations (``wrapper=True``) are
+refused: every hook is called one implementation at a time, bounded, and none wraps a stream.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # The phases, in the order a message meets them. docs/hooks.md follows the same order.
 PHASES: dict[str, tuple[str, ...]] = {
-    "startup": ("register_backends", "register_adapters", "register_commands", "startup"),
+    "startup": (
+        "register_backends",
+        "register_adapters",
+        "register_commands",
+        "register_filters",
+        "startup",
+    ),
     "inbound": ("message_received",),
     "generation": ("extend_system_prompt",),
     "outbound": ("reply_finished",),
@@ -50,6 +57,12 @@ def register_adapters(register: Callable[..., None]) -> None:
 @hookspec
 def register_commands(register: Callable[[Any], None]) -> None:
     """Register slash commands: ``register(Command(name, help, handler))``."""
+
+
+@hookspec
+def register_filters(register: Callable[[Any], None]) -> None:
+    """Register reply pipeline steps: ``register(DetectorSpec(...))`` or
+    ``register(RewriterSpec(...))`` (``chatcore.pipeline.steps``)."""
 
 
 @hookspec

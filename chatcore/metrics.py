@@ -1,8 +1,10 @@
 """Prometheus metrics of the chat traffic an adapter sees: messages, replies and errors by code,
-time to first token, decode speed, replies in flight and open connections.
+time to first token, decode speed, replies in flight and open connections; and what the reply
+pipeline's steps found and did.
 
 Each ``Metrics`` has its own registry (no global state: several apps may share a process);
-adapters feed it by passing every reply event of a message through a ``ReplyTracker``.
+adapters feed it by passing every reply event of a message through a ``ReplyTracker``; the
+pipeline counts each finding with ``step_action``.
 """
 
 from __future__ import annotations
@@ -60,10 +62,21 @@ class Metrics:
         self.connections = Gauge(
             "chatcore_connections", "Open client connections.", ["adapter"], registry=registry
         )
+        self.step_actions = Counter(
+            "chatcore_pipeline_actions",
+            "What pipeline steps did, by step, stage (input, output), category and action "
+            "(blocked, redacted, warned, changed).",
+            ["step", "stage", "category", "action"],
+            registry=registry,
+        )
 
     def error(self, adapter: str, code: str) -> None:
         """Count one error sent to a client."""
         self.errors.labels(adapter, code).inc()
+
+    def step_action(self, step: str, stage: str, category: str, action: str) -> None:
+        """Count one thing a pipeline step did (safe to call from a worker thread)."""
+        self.step_actions.labels(step, stage, category, action).inc()
 
     def track(self, adapter: str) -> ReplyTracker:
         """``with metrics.track(adapter) as tracker: tracker.observe(event)`` for one message."""

@@ -1,5 +1,6 @@
 """The plugin manager: loads built-in and installed plugins, collects what they register, and
-calls hooks so that one failing plugin is reported by name and contained.
+calls hooks so that one failing plugin is reported by name and contained (observers), fails
+the call (hooks that decide), or gives way to the next (hooks where one handler is chosen).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from chatcore.adapter_api import AdapterSpec
 from chatcore.bounded import Raised, TimedOut, Worker, run_bounded
 from chatcore.commands import Command
 from chatcore.config import PLUGINS_ENV, AdapterSettings, PluginsSettings, Settings
+from chatcore.pipeline.steps import DetectorSettings, DetectorSpec, RewriterSettings, RewriterSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "backends": "chatcore.builtin.backends",
     "commands": "chatcore.builtin.commands",
     "memory": "chatcore.builtin.memory",
+    "safety": "chatcore.builtin.safety",
+    "postprocess": "chatcore.builtin.postprocess",
     "terminal": "chatcore.adapters.terminal",
     "websocket": "chatcore.adapters.websocket",
     "discord": "chatcore.adapters.discord",
@@ -38,6 +43,9 @@ DEFAULT_PLUGINS: dict[str, str] = {
 """Built-in plugins by name: each module is an ordinary pluggy plugin."""
 
 T = TypeVar("T")
+StepSpec = DetectorSpec | RewriterSpec
+STEP_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+"""Step names are keys of ``[pipeline.steps.<name>]`` and of environment variables."""
 
 
 class PluginError(Exception):
@@ -131,6 +139,9 @@ class PluginHost:
         self.backends: Registry[Callable[[Settings], Any]] = Registry("backend")
         self.adapters: Registry[AdapterSpec] = Registry("adapter")
         self.commands: Registry[Command] = Registry("command")
+        self.filters: Registry[StepSpec] = Registry("step")
+        """Pipeline steps (``register_filters``): detectors and rewriters share one namespace,
+        the names of their ``[pipeline.steps.<name>]`` sections."""
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -168,6 +179,9 @@ class PluginHost:
         if name in self.infos:
             raise PluginError(f"a plugin named {name!r} is already loaded")
         self.pm.register(plugin, name=name)
+        wrappers = self._refuse_wrappers(plugin)
+        if wrappers:
+            raise PluginError(f"plugin {name!r}: {wrappers}")
         self.infos[name] = PluginInfo(name, source, hooks=self._hook_names(plugin))
 
     def remove_plugin(self, name: str) -> None:
@@ -182,7 +196,7 @@ class PluginHost:
         worker = self._workers.pop(name, None)
         if worker is not None:
             worker.stop()
-        for registry in (self.backends, self.adapters, self.commands):
+        for registry in (self.backends, self.adapters, self.commands, self.filters):
             registry.drop_owner(name)
 
     async def collect(self, name: str) -> None:
@@ -197,7 +211,29 @@ class PluginHost:
             self._fail(name, source, f"failed to load: {_one_line(error)}")
             log.debug("plugin %s failed to load:\n%s", name, traceback.format_exc())
             return
+        wrappers = self._refuse_wrappers(plugin)
+        if wrappers:
+            self._fail(name, source, wrappers)
+            return
         self.infos[name] = PluginInfo(name, source, hooks=self._hook_names(plugin))
+
+    def _refuse_wrappers(self, plugin: object) -> str:
+        """Unregister ``plugin`` and say why when it has wrapper implementations: hooks are
+        called one implementation at a time, bounded, so a wrapper would silently never run
+        (fail open, for a wrapper meant to guard something). Empty when there are none."""
+        wrapped = sorted(
+            hook.name
+            for hook in self.pm.get_hookcallers(plugin) or []
+            for impl in hook.get_hookimpls()
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)
+        )
+        if not wrapped:
+            return ""
+        self.pm.unregister(plugin)
+        return (
+            f"wrapper implementations are not supported ({', '.join(wrapped)}); use plain "
+            "hooks, or register_filters for steps on messages and reply streams"
+        )
 
     def _fail(self, name: str, source: str, error: str) -> None:
         log.warning("plugin %r disabled: %s", name, error)
@@ -215,6 +251,7 @@ class PluginHost:
             ("register_backends", self.backends, lambda name, factory: (name, factory)),
             ("register_adapters", self.adapters, _adapter_entry),
             ("register_commands", self.commands, _command_entry),
+            ("register_filters", self.filters, _filter_entry),
         ]
         for hook_name, registry, to_entry in collectors:
             # In load order, so built-ins claim their names before installed plugins.
@@ -249,7 +286,10 @@ class PluginHost:
             raise PluginError(f"register was called after {window.hook} of {owner!r} returned")
         name, item = to_entry(*args, **kwargs)
         registry.add(name, item, owner)
-        self.infos[owner].registered.setdefault(registry.kind, []).append(name)
+        label = registry.kind
+        if isinstance(item, DetectorSpec | RewriterSpec):
+            label = "detector" if isinstance(item, DetectorSpec) else "rewriter"
+        self.infos[owner].registered.setdefault(label, []).append(name)
 
     def _disable(self, name: str, error: str) -> None:
         log.warning("plugin %r disabled: %s", name, error)
@@ -268,28 +308,16 @@ class PluginHost:
         faults: list[PluginFault] | None = None,
         **kwargs: Any,
     ) -> list[tuple[str, Any]]:
-        """Call every implementation of a hook, newest plugin first (or all at once when
-        ``concurrently``); return the ``(plugin name, result)`` pairs that are not None. A
-        plugin that raises or runs past its time limit is logged by name and skipped: the
-        hook's observers go on. Its ``PluginFault`` is appended to ``faults`` when given, for a
-        caller that must tell someone (an erase a plugin could not finish)."""
-        impls = []
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
-            if impl.wrapper or impl.hookwrapper:
-                log.warning(
-                    "plugin %r: wrapper implementations of %s are not supported; skipped",
-                    impl.plugin_name,
-                    hook_name,
-                )
-            else:
-                impls.append(impl)
+        """For observers: call every implementation of a hook, newest plugin first (or all at
+        once when ``concurrently``); return the ``(plugin name, result)`` pairs that are not
+        None. A plugin that raises or runs past its time limit is logged by name and skipped:
+        the hook's other observers go on. Its ``PluginFault`` is appended to ``faults`` when
+        given, for a caller that must tell someone (an erase a plugin could not finish)."""
+        impls = self._impls(hook_name)
 
         async def one(impl: Any) -> Any:
-            args = {name: kwargs[name] for name in impl.argnames}
             try:
-                return await self.invoke(
-                    impl.plugin_name, f"hook {hook_name}", impl.function, args, seconds=seconds
-                )
+                return await self._call_one(impl, hook_name, kwargs, seconds)
             except PluginFault as fault:
                 if faults is not None:
                     faults.append(fault)
@@ -302,6 +330,50 @@ class PluginHost:
         return [
             (impl.plugin_name, v) for impl, v in zip(impls, values, strict=True) if v is not None
         ]
+
+    async def call_strict(
+        self, hook_name: str, *, seconds: float | None = None, **kwargs: Any
+    ) -> list[tuple[str, Any]]:
+        """For hooks that decide (a check that may refuse): call every implementation, newest
+        plugin first, and fail closed: the first that raises or runs past its time limit stops
+        the call with its ``PluginFault``, logged with the plugin's name. Returns the
+        ``(plugin name, result)`` pairs that are not None."""
+        results = []
+        for impl in self._impls(hook_name):
+            value = await self._call_one(impl, hook_name, kwargs, seconds)
+            if value is not None:
+                results.append((impl.plugin_name, value))
+        return results
+
+    async def call_first(
+        self, hook_name: str, *, seconds: float | None = None, strict: bool = False, **kwargs: Any
+    ) -> tuple[str, Any] | None:
+        """For hooks where one handler is chosen: call implementations newest plugin first and
+        stop at the first non-None result, returned with its plugin's name (None when none
+        answered). A plugin that raises or runs out of time is logged and passed over, so the
+        next may answer; with ``strict`` its ``PluginFault`` stops the call instead."""
+        for impl in self._impls(hook_name):
+            try:
+                value = await self._call_one(impl, hook_name, kwargs, seconds)
+            except PluginFault:
+                if strict:
+                    raise
+                continue
+            if value is not None:
+                return impl.plugin_name, value
+        return None
+
+    def _impls(self, hook_name: str) -> list[Any]:
+        """A hook's implementations, newest plugin first (wrappers never load)."""
+        return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+
+    async def _call_one(
+        self, impl: Any, hook_name: str, kwargs: dict[str, Any], seconds: float | None
+    ) -> Any:
+        args = {name: kwargs[name] for name in impl.argnames}
+        return await self.invoke(
+            impl.plugin_name, f"hook {hook_name}", impl.function, args, seconds=seconds
+        )
 
     async def invoke(
         self,
@@ -380,6 +452,28 @@ def _adapter_entry(
             f"chatcore.config.AdapterSettings, not {settings!r}"
         )
     return name, AdapterSpec(factory, settings)
+
+
+def _filter_entry(spec: Any) -> tuple[str, StepSpec]:
+    if not isinstance(spec, DetectorSpec | RewriterSpec):
+        raise PluginError(
+            "register_filters expects a chatcore.pipeline.steps.DetectorSpec or RewriterSpec, "
+            f"not {spec!r}"
+        )
+    if not isinstance(spec.name, str) or not STEP_NAME.match(spec.name):
+        raise PluginError(
+            f"register_filters: step name {spec.name!r} must be lower case letters, digits and "
+            "_ (at most 40, starting with a letter): it names the [pipeline.steps.<name>] section"
+        )
+    base = DetectorSettings if isinstance(spec, DetectorSpec) else RewriterSettings
+    if not (isinstance(spec.settings, type) and issubclass(spec.settings, base)):
+        raise PluginError(
+            f"register_filters: the settings of step {spec.name!r} must subclass "
+            f"chatcore.pipeline.steps.{base.__name__}, not {spec.settings!r}"
+        )
+    if not callable(spec.factory):
+        raise PluginError(f"register_filters: the factory of step {spec.name!r} is not callable")
+    return spec.name, spec
 
 
 def _command_entry(command: Any) -> tuple[str, Command]:

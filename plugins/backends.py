@@ -1,7 +1,8 @@
 """Built-in plugin: the generation backends that ship with chatcore.
 
-``transformers`` runs a local model (the embedded SmolLM2 by default); ``fake`` is scripted,
-for tests and demos. The heavy modules import only when a backend is created.
+``transformers`` runs a local model (the embedded SmolLM2 by default); ``openai`` talks to any
+OpenAI-compatible server (docs/openai.md); ``fake`` is scripted, for tests and demos. The heavy
+modules import only when a backend is created.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ def _transformers(settings: Settings) -> Any:
     return TransformersBackend.from_settings(settings)
 
 
+def _openai(settings: Settings) -> Any:
+    from chatcore.generation.openai import OpenAIBackend
+
+    return OpenAIBackend.from_settings(settings)
+
+
 def _fake(settings: Settings) -> Any:
     from chatcore.generation.fake import FakeBackend
 
@@ -28,4 +35,5 @@ def _fake(settings: Settings) -> Any:
 @hookimpl
 def register_backends(register: Callable[[str, Callable[[Settings], Any]], None]) -> None:
     register("transformers", _transformers)
+    register("openai", _openai)
     register("fake", _fake)

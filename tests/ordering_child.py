@@ -63,7 +63,9 @@ class RecordingBackend(FakeBackend):
             yield chunk
 
 
-def _no_lock(key: ConversationKey, wait: float) -> AbstractAsyncContextManager[None]:
+def _no_lock(
+    key: ConversationKey, wait: float, *, queued: bool = False
+) -> AbstractAsyncContextManager[None]:
     return contextlib.nullcontext()
 
 

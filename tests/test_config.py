@@ -20,6 +20,7 @@ from chatcore.config import (
     masked_settings,
 )
 from chatcore.plugins import PluginHost
+from tests.conftest import make_settings
 
 runner = CliRunner()
 
@@ -49,8 +50,9 @@ def _flatten(data: dict[str, object], prefix: str = "") -> dict[str, object]:
 
 
 async def test_default_toml_holds_every_setting_with_the_code_default(
-    settings: Settings,
+    isolated_env: Path,
 ) -> None:
+    settings = make_settings(isolated_env, plugins={"disabled": []})  # every built-in step
     with default_config_path().open("rb") as handle:
         in_file = _flatten(tomllib.load(handle))
     expected = _fields(Settings)
@@ -59,6 +61,9 @@ async def test_default_toml_holds_every_setting_with_the_code_default(
     await host.load(settings)
     for name, spec in host.adapters.items():
         expected.update(_fields(spec.settings, f"adapters.{name}."))
+    del expected["pipeline.steps"]  # and each step's section is the model it registers
+    for name, step in host.filters.items():
+        expected.update(_fields(step.settings, f"pipeline.steps.{name}."))
     assert in_file == expected
     # Secrets come from the environment only: the file does not even hold their defaults.
     assert not {"adapters.discord.token", "adapters.websocket.tokens"} & set(in_file)

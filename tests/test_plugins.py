@@ -3,6 +3,7 @@ collisions, hook calling and ``chatcore plugins``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from chatcore.bounded import resolve
 from chatcore.cli import app
 from chatcore.commands import Command
 from chatcore.config import Settings
-from chatcore.plugins import PluginError, PluginHost
+from chatcore.plugins import PluginError, PluginFault, PluginHost
 from tests.conftest import make_settings
 from tests.plugin_fixtures import install_plugin
 
@@ -41,17 +42,19 @@ async def _loaded(settings: Settings) -> PluginHost:
     return host
 
 
-async def test_builtins_load_and_register(settings: Settings) -> None:
-    host = await _loaded(settings)
+async def test_builtins_load_and_register(isolated_env: Path) -> None:
+    host = await _loaded(make_settings(isolated_env, plugins={"disabled": []}))
     assert {n: i.status for n, i in host.infos.items()} == {
         "backends": "loaded",
         "commands": "loaded",
         "memory": "loaded",
+        "safety": "loaded",
+        "postprocess": "loaded",
         "terminal": "loaded",
         "websocket": "loaded",
         "discord": "loaded",
     }
-    assert host.backends.names() == ["fake", "transformers"]
+    assert host.backends.names() == ["fake", "openai", "transformers"]
     assert host.adapters.names() == ["discord", "terminal", "websocket"]
     assert host.commands.names() == [
         "forget",
@@ -199,6 +202,75 @@ async def test_call_contains_a_raising_hook_and_awaits_async_ones(
     assert host.infos["raising"].hook_errors == 1
 
 
+class _Answer:
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+        self.calls = 0
+
+    @hookimpl
+    def extend_system_prompt(self, message: object) -> str | None:
+        self.calls += 1
+        return self.value
+
+
+class _Raise:
+    @hookimpl
+    def extend_system_prompt(self, message: object) -> str:
+        raise ValueError("bad plugin")
+
+
+class _Hang:
+    @hookimpl
+    async def extend_system_prompt(self, message: object) -> str:
+        await asyncio.Event().wait()  # never returns
+        return "late"
+
+
+def _host(*plugins: tuple[str, object]) -> PluginHost:
+    """A host with ``plugins`` added oldest first (calls go newest first)."""
+    host = PluginHost()
+    for name, plugin in plugins:
+        host.add_plugin(plugin, name)
+    return host
+
+
+async def test_call_strict_fails_closed_naming_the_plugin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = _host(("first", _Answer("one")), ("second", _Answer("two")))
+    assert await host.call_strict("extend_system_prompt", message=object()) == [
+        ("second", "two"),
+        ("first", "one"),
+    ]
+    host = _host(("after", _Answer("never")), ("raising", _Raise()), ("before", _Answer("b")))
+    with caplog.at_level(logging.ERROR), pytest.raises(PluginFault) as raised:
+        await host.call_strict("extend_system_prompt", message=object())
+    assert raised.value.plugin == "raising" and not raised.value.timed_out
+    assert "plugin 'raising' raised ValueError: bad plugin in hook extend_system_prompt" in (
+        caplog.text
+    )
+    host = _host(("hanging", _Hang()))
+    with pytest.raises(PluginFault) as raised:
+        await host.call_strict("extend_system_prompt", seconds=0.05, message=object())
+    assert raised.value.plugin == "hanging" and raised.value.timed_out
+
+
+async def test_call_first_stops_at_the_first_answer() -> None:
+    never = _Answer("never")
+    host = _host(("last", never), ("answers", _Answer("yes")), ("passes", _Answer(None)))
+    assert await host.call_first("extend_system_prompt", message=object()) == ("answers", "yes")
+    assert never.calls == 0
+    assert (
+        await _host(("none", _Answer(None))).call_first("extend_system_prompt", message=object())
+        is None
+    )
+    # A plugin that fails gives way to the next, unless the call is strict.
+    host = _host(("next", _Answer("next")), ("raising", _Raise()))
+    assert await host.call_first("extend_system_prompt", message=object()) == ("next", "next")
+    with pytest.raises(PluginFault):
+        await host.call_first("extend_system_prompt", strict=True, message=object())
+
+
 async def test_add_plugin_then_collect(settings: Settings) -> None:
     host = await _loaded(settings)
 
@@ -256,7 +328,7 @@ def test_cli_plugins_lists_plugins_and_failures(
     assert rows["pinger"]["registered"] == {"command": ["ping"]}
     assert rows["broken"]["status"] == "failed"
     assert "missing thing" in rows["broken"]["error"]
-    assert rows["backends"]["registered"] == {"backend": ["transformers", "fake"]}
+    assert rows["backends"]["registered"] == {"backend": ["transformers", "openai", "fake"]}
 
     table = CliRunner().invoke(app, ["plugins"])
     assert table.exit_code == 0
@@ -288,19 +360,47 @@ async def test_installed_plugin_named_like_a_builtin_never_displaces_it(
     assert not [n for n in host.infos if n.startswith("commands (")]
 
 
-async def test_wrapper_implementations_are_skipped_with_a_warning(
+WRAPPING = """
+from chatcore import hookimpl
+from chatcore.commands import Command
+
+@hookimpl
+def register_commands(register):
+    register(Command("guarded", "a command", lambda ctx: "ok"))
+
+@hookimpl(wrapper=True)
+def extend_system_prompt(message):
+    return (yield)
+"""
+
+
+async def test_a_plugin_with_a_wrapper_implementation_is_refused_at_load(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class Wrapping:
-        @hookimpl(wrapper=True)
-        def extend_system_prompt(self, message: object) -> Any:
-            return (yield)
-
-    host = PluginHost()
-    host.add_plugin(Wrapping(), "wrapping")
+    # A wrapper would never run (hooks are called one implementation at a time, bounded):
+    # refusing the plugin says so at once instead of failing open at every call.
+    install_plugin(tmp_path, monkeypatch, "wrapping", WRAPPING)
     with caplog.at_level(logging.WARNING):
-        assert await host.call("extend_system_prompt", message=object()) == []
-    assert "wrapper implementations of extend_system_prompt are not supported" in caplog.text
+        host = await _loaded(settings)
+    info = host.infos["wrapping"]
+    assert info.status == "failed"
+    assert "wrapper implementations are not supported (extend_system_prompt)" in (info.error or "")
+    assert "guarded" not in host.commands
+    assert host.pm.get_plugin("wrapping") is None
+    assert "'wrapping'" in caplog.text
+
+    class Wrapping:
+        @hookimpl(hookwrapper=True)
+        def message_received(self, message: object) -> Any:
+            yield
+
+    with pytest.raises(PluginError, match="not supported \\(message_received\\)"):
+        host.add_plugin(Wrapping(), "wrapping-in-code")
+    assert "wrapping-in-code" not in host.infos
+    assert host.pm.get_plugin("wrapping-in-code") is None
 
 
 BAD_BACKEND = """

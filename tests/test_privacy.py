@@ -101,7 +101,7 @@ async def chat_in_terminal(app: App, pipe: PipeInput, canary: str) -> None:
     """sam types the canary in the interactive terminal (so it is in the input history)."""
     out = io.StringIO()
     adapter = interactive_terminal(app, pipe, stdout=out, user="sam")
-    pipe.send_text(f"my secret is {canary}\r/quit\r")
+    pipe.send_text(f"my favourite word is {canary}\r/quit\r")
     assert await asyncio.wait_for(adapter.run(), 10) == 0
 
 

@@ -369,7 +369,7 @@ async def test_the_migrations_create_exactly_the_models(sql_stores: Callable[[],
     """``alembic check``: autogenerate finds nothing to add after the shipped migrations."""
     store = sql_stores()
     await store.open()
-    assert await store.revision() == ("0001", "0001")
+    assert await store.revision() == ("0002", "0002")
     async with store.engine.connect() as connection:
         assert await connection.run_sync(_schema_diff) == []
 
@@ -468,11 +468,11 @@ def test_db_commands_upgrade_and_show_the_revision(isolated_env: Path) -> None:
     assert not (isolated_env / "chatcore.db").exists()
     upgraded = runner.invoke(cli, ["db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "upgraded from revision (empty) to 0001" in upgraded.stdout
+    assert "upgraded from revision (empty) to 0002" in upgraded.stdout
     again = runner.invoke(cli, ["db", "upgrade"])
-    assert "already at revision 0001" in again.stdout
+    assert "already at revision 0002" in again.stdout
     current = runner.invoke(cli, ["db", "current"])
-    assert "revision 0001 (the newest)" in current.stdout
+    assert "revision 0002 (the newest)" in current.stdout
     bad = runner.invoke(cli, ["db", "upgrade"], env={"CHATCORE_STORAGE__URL": "mysql://x@y/z"})
     assert bad.exit_code == 2 and "supports sqlite" in bad.stderr
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from chatcore.config import GenerationSettings, Settings
 from chatcore.events import FinishReason, Usage
 from chatcore.generation.stops import StopStringFilter
-from chatcore.generation.types import ChatMessage, Chunk, GenerationError
+from chatcore.generation.types import ChatMessage, Chunk, GenerationError, Unsupported
 
 MESSAGE_OVERHEAD = 3
 """Tokens the fake chat template adds around each message (like ``<|im_start|>role\\n``)."""
@@ -115,6 +115,10 @@ class FakeBackend:
             self.active -= 1
         usage = Usage(self._tokenizer.count_tokens(messages), produced)
         yield Chunk("", finish_reason=finish, usage=usage)
+
+    def unsupported(self, options: GenerationSettings) -> list[Unsupported]:
+        """None: the fake backend takes any options (it ignores the decoding ones)."""
+        return []
 
     async def close(self) -> None:
         self.closed = True

@@ -22,7 +22,7 @@ from chatcore.config import GenerationSettings, ModelSettings, Settings
 from chatcore.events import FinishReason, Usage
 from chatcore.generation import model_cache, model_files
 from chatcore.generation.stops import StopStringFilter
-from chatcore.generation.types import ChatMessage, Chunk, GenerationError
+from chatcore.generation.types import ChatMessage, Chunk, GenerationError, Unsupported
 
 if TYPE_CHECKING:
     import torch
@@ -174,6 +174,10 @@ class TransformersBackend:
     @property
     def tokenizer(self) -> LocalTokenizer:
         return self._require_loaded().tokenizer
+
+    def unsupported(self, options: GenerationSettings) -> list[Unsupported]:
+        """None: ``generate`` honours every generation setting."""
+        return []
 
     async def close(self) -> None:
         """Stop running generations and a model conversion in progress, wait for the worker to

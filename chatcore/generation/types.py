@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from chatcore.events import ChatMessage, FinishReason, Role, Usage
 
-__all__ = ["Backend", "ChatMessage", "ChatTokenizer", "Chunk", "GenerationError", "Role"]
+__all__ = [
+    "INTERRUPTED_MARKER",
+    "Backend",
+    "ChatMessage",
+    "ChatTokenizer",
+    "Chunk",
+    "GenerationError",
+    "Role",
+    "StreamInterruptedError",
+    "Unsupported",
+]
 
 if TYPE_CHECKING:
     from chatcore.config import GenerationSettings
@@ -29,6 +39,32 @@ class Chunk:
 
 class GenerationError(Exception):
     """A backend could not generate; the message says what went wrong and what to do."""
+
+
+INTERRUPTED_MARKER = " […]"
+"""What a front end may append to a reply whose stream broke off mid-way, so it reads as cut."""
+
+
+class StreamInterruptedError(GenerationError):
+    """The reply broke off after it had begun (a remote server dropped the stream or fell
+    silent): the chunks already streamed are ``partial``, to be kept and shown as cut
+    (``INTERRUPTED_MARKER``), never retried, since the user has already seen them."""
+
+    finish_reason = "interrupted"
+
+    def __init__(self, message: str, partial: str, usage: Usage) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """A generation setting a backend cannot honour, and why (one line, for the operator)."""
+
+    setting: str
+    """Its name in ``[generation]``, e.g. ``"top_k"``."""
+    reason: str
 
 
 class ModelNotFoundError(GenerationError):
@@ -73,6 +109,12 @@ class Backend(Protocol):
         self, messages: Sequence[ChatMessage], options: GenerationSettings
     ) -> AsyncIterator[Chunk]:
         """Generate a reply to ``messages``; the last chunk carries the finish reason."""
+        ...
+
+    def unsupported(self, options: GenerationSettings) -> list[Unsupported]:
+        """The settings of ``options`` this backend cannot honour (empty: it honours them all).
+        Checked at start (``chatcore.generation.capabilities``), so nothing is silently
+        ignored; a backend that does not define it is trusted to honour everything."""
         ...
 
     async def close(self) -> None:

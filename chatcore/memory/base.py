@@ -253,12 +253,14 @@ class ConversationStore(Protocol):
 
     # Ordering
     def conversation_lock(
-        self, key: ConversationKey, wait: float
+        self, key: ConversationKey, wait: float, *, queued: bool = False
     ) -> AbstractAsyncContextManager[None]:
         """Hold the conversation while one message of it is handled (history read, generation,
         append), against every holder that shares this store's data, other processes
         included. Entering waits at most ``wait`` seconds, then raises
-        ``ConversationBusyError``; leaving gives the lock back, also when cancelled."""
+        ``ConversationBusyError``; leaving gives the lock back, also when cancelled.
+        ``queued``: the message waited behind another of the conversation in this process, so
+        other processes get a turn first (a backlog here must not starve them)."""
         ...
 
 

@@ -215,11 +215,11 @@ class InMemoryConversationStore:
         return pruned
 
     def conversation_lock(
-        self, key: ConversationKey, wait: float
+        self, key: ConversationKey, wait: float, *, queued: bool = False
     ) -> AbstractAsyncContextManager[None]:
         """Within the process only: what this store holds lives in this process, so no other
         process can read or write the conversation."""
-        return self._locks.hold(key, wait)
+        return self._locks.hold(key, wait, queued=queued)
 
 
 def _covers(summary: Summary, message: ChatMessage) -> bool:

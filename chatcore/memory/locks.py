@@ -40,9 +40,10 @@ FIRST_PAUSE = 0.005
 LONGEST_PAUSE = 0.05
 """Seconds between attempts: from the first, doubled each time up to the longest, jittered."""
 HANDOFF = 0.075
-"""A message whose conversation this process released less than this long ago waits out the
-rest of it before its first attempt: longer than ``LONGEST_PAUSE``, so that a process polling
-for the conversation gets its turn instead of starving behind a queue of local messages."""
+"""A message that waited behind another of its conversation in this process, which released
+the conversation less than this long ago, waits out the rest of it before its first attempt:
+longer than ``LONGEST_PAUSE``, so that a process polling for the conversation gets its turn
+instead of starving behind a queue of local messages."""
 
 
 def conversation_hash(key: ConversationKey) -> int:
@@ -91,7 +92,9 @@ class ConversationLocks:
         """Locks being given back by tasks of their own."""
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: ConversationKey, wait: float) -> AsyncIterator[None]:
+    async def hold(
+        self, key: ConversationKey, wait: float, *, queued: bool = False
+    ) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait, 0.0)
         local = self._local.setdefault(key, _Local())
@@ -103,7 +106,7 @@ class ConversationLocks:
             except TimeoutError:
                 raise _busy(key, wait) from None
             try:
-                handle = await self._take(key, wait, deadline)
+                handle = await self._take(key, wait, deadline, queued)
                 try:
                     yield
                 finally:
@@ -124,13 +127,16 @@ class ConversationLocks:
         if self.across is not None:
             await self.across.close()
 
-    async def _take(self, key: ConversationKey, wait: float, deadline: float) -> int | None:
+    async def _take(
+        self, key: ConversationKey, wait: float, deadline: float, queued: bool
+    ) -> int | None:
         if self.across is None:
             return None
         loop = asyncio.get_running_loop()
         lock_id = conversation_hash(key)
         released = self._released.pop(key, None)
-        if released is not None and released + HANDOFF > loop.time():
+        # Only a local backlog waits: a message sent after the last one ended takes it at once.
+        if queued and released is not None and released + HANDOFF > loop.time():
             await asyncio.sleep(max(0.0, min(released + HANDOFF, deadline) - loop.time()))
         pause = FIRST_PAUSE
         while True:

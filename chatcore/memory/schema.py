@@ -6,11 +6,12 @@ that the two agree. ``docs/memory.md`` describes every table.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -149,3 +150,16 @@ class MessageRow(Base):
     content: Mapped[str] = mapped_column(Text)
     tokens: Mapped[int | None] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageRow(Base):
+    """Tokens a user's model replies used on one UTC day, for ``limits.daily_tokens``; shared
+    by every process on the database. ``subject`` is a SHA-256 of the user's ``PLATFORM:ID``,
+    not a link to ``users``: an erase must not reset the day's count, and the row holds no
+    name. Rows of days that are over are deleted (``chatcore.memory.usage``)."""
+
+    __tablename__ = "usage"
+
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)

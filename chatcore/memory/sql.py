@@ -577,12 +577,12 @@ class SqlStore:
     # Ordering
 
     def conversation_lock(
-        self, key: ConversationKey, wait: float
+        self, key: ConversationKey, wait: float, *, queued: bool = False
     ) -> AbstractAsyncContextManager[None]:
         """Across processes: on SQLite, file locks in the private folder ``<database>-locks``
         beside the database file; on PostgreSQL, advisory locks on a connection of their own
         (docs/memory.md, "Several processes")."""
-        return self._locks.hold(key, wait)
+        return self._locks.hold(key, wait, queued=queued)
 
 
 def _cross_process_locks(url: URL) -> CrossProcessLocks | None:

@@ -1,0 +1,1 @@
+"""The reply pipeline: input steps before generation, output steps on the reply stream."""

@@ -1,0 +1,74 @@
+"""Decides what answers a message, and runs slash commands: usable without the engine.
+
+A message is a ``/command`` or a chat for the model. Skills (a later issue) are chosen here too,
+between the two: a skill route goes where the ``Route`` union grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatcore.commands import CommandContext, parse_command
+from chatcore.events import Message, Reply, ReplyError
+from chatcore.failures import logged_failure
+from chatcore.plugins import PluginFault, PluginHost
+from chatcore.services import Services
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRoute:
+    """``/name args``: a registered command answers (or the user hears it is unknown)."""
+
+    name: str
+    args: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRoute:
+    """The model answers, through the reply pipeline."""
+
+
+Route = CommandRoute | ChatRoute
+
+
+class Router:
+    """Routes messages and runs commands with the plugins' command registry."""
+
+    def __init__(self, plugins: PluginHost, services: Services) -> None:
+        self.plugins = plugins
+        self.services = services
+
+    def route(self, message: Message) -> Route:
+        """What answers ``message``."""
+        command = parse_command(message.text)
+        if command is not None:
+            return CommandRoute(*command)
+        # Skills are chosen here, before falling back to the model.
+        return ChatRoute()
+
+    async def run_command(self, message: Message, route: CommandRoute) -> Reply | ReplyError:
+        """Run the command, bounded by ``plugins.command_timeout``; a command that fails, runs
+        out of time or returns anything but text answers with an error and a log reference."""
+        name, registry = route.name, self.plugins.commands
+        if name not in registry:
+            return ReplyError(
+                message.id, "unknown_command", f"Unknown command /{name}. Type /help for the list."
+            )
+        commands = dict(registry.items())
+        context = CommandContext(message, route.args, self.services, commands)
+        owner = registry.owner(name)
+        try:
+            text = await self.plugins.invoke(
+                owner,
+                f"command /{name}",
+                commands[name].handler,
+                {"context": context},
+                limit="command_timeout",
+            )
+        except PluginFault as fault:
+            what = "took too long" if fault.timed_out else "failed"
+            return logged_failure(message, "command_failed", f"/{name} {what}", fault)
+        if not isinstance(text, str):
+            problem = f"plugin {owner!r} returned {type(text).__name__}, not text"
+            return logged_failure(message, "command_failed", f"/{name} failed", problem)
+        return Reply(message.id, text)
