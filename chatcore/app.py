@@ -41,7 +41,10 @@ class AppChat:
         return self._app.engine.handle(message)
 
     def commands(self) -> list[CommandInfo]:
-        return [CommandInfo(name, cmd.help) for name, cmd in self._app.plugins.commands.items()]
+        plugins = self._app.plugins
+        commands = [CommandInfo(name, cmd.help) for name, cmd in plugins.commands.items()]
+        skills = [CommandInfo(name, skill.description) for name, skill in plugins.skills.items()]
+        return sorted(commands + skills, key=lambda info: info.name)
 
     async def ready(self) -> None:
         await self._app.start()

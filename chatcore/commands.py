@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from chatcore.events import Message
     from chatcore.memory.base import ConversationStore
     from chatcore.services import Services
+    from chatcore.skills import Skill
 
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:\s+(.*))?$", re.DOTALL)
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -21,13 +22,14 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
-    """What a command handler gets: the message, the text after the name, the app's services
-    and the commands (for ``/help``)."""
+    """What a command handler gets: the message, the text after the name, the app's services,
+    the commands and the skills (for ``/help``)."""
 
     message: Message
     args: str
     services: Services
     commands: Mapping[str, Command]
+    skills: Mapping[str, Skill] = field(default_factory=dict)
 
     @property
     def store(self) -> ConversationStore:

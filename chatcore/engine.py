@@ -1,10 +1,11 @@
 """The engine: turns one inbound ``Message`` into a stream of reply events.
 
 It composes the parts, each usable alone: the input steps (``chatcore.pipeline.runner``), the
-router (``chatcore.router``: a command or a chat), the prompt builder (``chatcore.prompting``)
-and the reply pipeline (``chatcore.pipeline.reply``). Messages of one conversation are handled
-in arrival order, one at a time also across processes that share the database (the store's
-conversation lock); different conversations concurrently.
+router (``chatcore.router``: a command, a skill or a chat), the prompt builder
+(``chatcore.prompting``), the reply pipeline (``chatcore.pipeline.reply``) and the skill
+pipeline (``chatcore.pipeline.skill``), which shares the reply pipeline's parts. Messages of
+one conversation are handled in arrival order, one at a time also across processes that share
+the database (the store's conversation lock); different conversations concurrently.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from chatcore.memory.usage import usage_ledger
 from chatcore.metrics import Metrics
 from chatcore.pipeline.reply import ReplyPipeline, refusal
 from chatcore.pipeline.runner import Steps, build_steps
+from chatcore.pipeline.skill import SkillPipeline
 from chatcore.pipeline.steps import Blocked
 from chatcore.plugins import PluginHost
 from chatcore.privacy import Privacy
 from chatcore.prompting import PromptBuilder
-from chatcore.router import CommandRoute, Router
+from chatcore.router import CommandRoute, Router, SkillRoute
 from chatcore.services import Services
 from chatcore.text import clean_input
 
@@ -107,8 +109,8 @@ class EngineNotStartedError(RuntimeError):
 
 
 class Engine:
-    """Handles messages: checks them, routes them, and answers chats through the reply
-    pipeline; owns ordering, the conversation lock and cancellation."""
+    """Handles messages: checks them, routes them, and answers chats and skills through the
+    reply and skill pipelines; owns ordering, the conversation lock and cancellation."""
 
     def __init__(
         self,
@@ -142,6 +144,7 @@ class Engine:
         """The pipeline's steps; made from what plugins registered at ``start``."""
         self._context: ContextBuilder | None = None
         self._replies: ReplyPipeline | None = None
+        self._skills: SkillPipeline | None = None
         self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -176,6 +179,7 @@ class Engine:
                         context.summary_cap, context.text_cost
                     )
                 self._replies = self._reply_pipeline(context)
+                self._skills = SkillPipeline(self._replies)
                 self._context = context
 
     def _reply_pipeline(self, context: ContextBuilder) -> ReplyPipeline:
@@ -286,6 +290,9 @@ class Engine:
                 route = self.router.route(message)
                 if isinstance(route, CommandRoute):
                     request.emit(await self.router.run_command(message, route))
+                elif isinstance(route, SkillRoute):
+                    assert self._skills is not None  # handle() refuses before start
+                    await self._skills.run(message, route.name, route.args, request.emit)
                 else:
                     assert self._replies is not None  # handle() refuses before start
                     await self._replies.run(message, request.emit)

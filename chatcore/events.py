@@ -107,6 +107,8 @@ ErrorCode = Literal[
     "message_too_long",
     "unknown_command",
     "command_failed",
+    "skill_failed",
+    "bad_options",
     "backend_error",
     "internal_error",
     "cancelled",

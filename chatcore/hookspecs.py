@@ -30,6 +30,7 @@ PHASES: dict[str, tuple[str, ...]] = {
         "register_backends",
         "register_adapters",
         "register_commands",
+        "register_skills",
         "register_filters",
         "startup",
     ),
@@ -57,6 +58,12 @@ def register_adapters(register: Callable[..., None]) -> None:
 @hookspec
 def register_commands(register: Callable[[Any], None]) -> None:
     """Register slash commands: ``register(Command(name, help, handler))``."""
+
+
+@hookspec
+def register_skills(register: Callable[[Any], None]) -> None:
+    """Register skills: ``register(Skill(name, description, handler, options, examples))``
+    (``chatcore.skills``); ``/name text`` runs one, streaming its reply like chat."""
 
 
 @hookspec
@@ -91,7 +98,7 @@ def extend_system_prompt(message: Message, services: Services) -> str | None:
 
 @hookspec
 def reply_finished(message: Message, reply: Reply, services: Services) -> str | None:
-    """Called after a reply was completed and stored (not for errors or commands); text it
+    """Called after a reply was completed and stored (not for errors, commands or skills); text it
     returns is shown to the user as a ``Notice`` after the reply, None shows nothing."""
 
 

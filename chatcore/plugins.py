@@ -25,6 +25,7 @@ from chatcore.bounded import Raised, TimedOut, Worker, run_bounded
 from chatcore.commands import Command
 from chatcore.config import PLUGINS_ENV, AdapterSettings, PluginsSettings, Settings
 from chatcore.pipeline.steps import DetectorSettings, DetectorSpec, RewriterSettings, RewriterSpec
+from chatcore.skills import Skill
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._owners: dict[str, str] = {}
+        self._shared: list[Registry[Any]] = []
+
+    def share_names(self, other: Registry[Any]) -> None:
+        """Make names unique across this registry and ``other`` (commands and skills both
+        answer ``/name``)."""
+        self._shared.append(other)
+        other._shared.append(self)
 
     def add(self, name: str, item: T, owner: str) -> None:
         if not isinstance(name, str) or not name:
@@ -91,6 +99,12 @@ class Registry(Generic[T]):
             raise PluginError(
                 f"{self.kind} {name!r} is already registered by plugin {self._owners[name]!r}"
             )
+        for other in self._shared:
+            if name in other:
+                raise PluginError(
+                    f"{self.kind} {name!r}: the name is already taken by the {other.kind} of "
+                    f"plugin {other.owner(name)!r}"
+                )
         self._items[name] = item
         self._owners[name] = owner
 
@@ -139,6 +153,9 @@ class PluginHost:
         self.backends: Registry[Callable[[Settings], Any]] = Registry("backend")
         self.adapters: Registry[AdapterSpec] = Registry("adapter")
         self.commands: Registry[Command] = Registry("command")
+        self.skills: Registry[Skill] = Registry("skill")
+        """Skills (``register_skills``): ``/name`` is a command or a skill, never both."""
+        self.skills.share_names(self.commands)
         self.filters: Registry[StepSpec] = Registry("step")
         """Pipeline steps (``register_filters``): detectors and rewriters share one namespace,
         the names of their ``[pipeline.steps.<name>]`` sections."""
@@ -196,7 +213,7 @@ class PluginHost:
         worker = self._workers.pop(name, None)
         if worker is not None:
             worker.stop()
-        for registry in (self.backends, self.adapters, self.commands, self.filters):
+        for registry in (self.backends, self.adapters, self.commands, self.skills, self.filters):
             registry.drop_owner(name)
 
     async def collect(self, name: str) -> None:
@@ -251,6 +268,7 @@ class PluginHost:
             ("register_backends", self.backends, lambda name, factory: (name, factory)),
             ("register_adapters", self.adapters, _adapter_entry),
             ("register_commands", self.commands, _command_entry),
+            ("register_skills", self.skills, _skill_entry),
             ("register_filters", self.filters, _filter_entry),
         ]
         for hook_name, registry, to_entry in collectors:
@@ -480,6 +498,12 @@ def _command_entry(command: Any) -> tuple[str, Command]:
     if not isinstance(command, Command):
         raise PluginError(f"register_commands expects a chatcore.commands.Command, not {command!r}")
     return command.name, command
+
+
+def _skill_entry(skill: Any) -> tuple[str, Skill]:
+    if not isinstance(skill, Skill):
+        raise PluginError(f"register_skills expects a chatcore.skills.Skill, not {skill!r}")
+    return skill.name, skill
 
 
 def _allowlist() -> set[str] | None:

@@ -1,7 +1,7 @@
 """Decides what answers a message, and runs slash commands: usable without the engine.
 
-A message is a ``/command`` or a chat for the model. Skills (a later issue) are chosen here too,
-between the two: a skill route goes where the ``Route`` union grows.
+A message is a ``/command``, a ``/skill`` or a chat for the model. Commands and skills share
+one namespace of names (``PluginHost`` refuses a second claim on a name).
 """
 
 from __future__ import annotations
@@ -24,11 +24,19 @@ class CommandRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class SkillRoute:
+    """``/name args`` where a registered skill is ``name``: the skill pipeline answers."""
+
+    name: str
+    args: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRoute:
     """The model answers, through the reply pipeline."""
 
 
-Route = CommandRoute | ChatRoute
+Route = CommandRoute | SkillRoute | ChatRoute
 
 
 class Router:
@@ -42,8 +50,10 @@ class Router:
         """What answers ``message``."""
         command = parse_command(message.text)
         if command is not None:
+            if command[0] in self.plugins.skills:
+                return SkillRoute(*command)
             return CommandRoute(*command)
-        # Skills are chosen here, before falling back to the model.
+        # Natural-language routing to skills (by their examples) will choose here.
         return ChatRoute()
 
     async def run_command(self, message: Message, route: CommandRoute) -> Reply | ReplyError:
@@ -55,7 +65,8 @@ class Router:
                 message.id, "unknown_command", f"Unknown command /{name}. Type /help for the list."
             )
         commands = dict(registry.items())
-        context = CommandContext(message, route.args, self.services, commands)
+        skills = dict(self.plugins.skills.items())
+        context = CommandContext(message, route.args, self.services, commands, skills)
         owner = registry.owner(name)
         try:
             text = await self.plugins.invoke(

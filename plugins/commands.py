@@ -1,4 +1,5 @@
-"""Built-in plugin: the commands every channel has, ``/help`` and ``/reset``.
+"""Built-in plugin: the commands every channel has, ``/help`` (commands and skills) and
+``/reset``.
 
 Registered through ``register_commands`` exactly like a third-party plugin's commands.
 """
@@ -14,6 +15,9 @@ from chatcore.commands import Command, CommandContext
 def show_help(context: CommandContext) -> str:
     lines = ["Commands:"]
     lines += [f"  /{name} - {cmd.help}" for name, cmd in sorted(context.commands.items())]
+    if context.skills:
+        lines.append("Skills (/NAME --help shows a skill's options and examples):")
+        lines += [f"  /{name} - {s.description}" for name, s in sorted(context.skills.items())]
     lines.append("Anything else is sent to the model.")
     return "\n".join(lines)
 

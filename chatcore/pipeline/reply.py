@@ -133,7 +133,7 @@ class ReplyPipeline:
                 limits.slots.release()
             if isinstance(error, asyncio.CancelledError):
                 # Stopped before generation began: the user's message is still kept.
-                await self._store_turn(key, [ChatMessage("user", message.text)])
+                await self.store_turn(key, [ChatMessage("user", message.text)])
             raise
 
         shown: list[str] = []
@@ -181,7 +181,7 @@ class ReplyPipeline:
                             finish = chunk.finish_reason
                             usage = chunk.usage or Usage(prompt.tokens, received)
                 finally:
-                    await _close_stream(stream)  # also when a step blocked: generation stops
+                    await close_stream(stream)  # also when a step blocked: generation stops
                     if slot and limits is not None:
                         slot = False
                         limits.slots.release()
@@ -207,12 +207,12 @@ class ReplyPipeline:
                 stored = text.rstrip() + INTERRUPTED_MARKER if interrupted else text
                 turn.append(ChatMessage("assistant", stored))
             try:
-                kept = await self._store_turn(key, turn)
+                kept = await self.store_turn(key, turn)
             finally:  # counted also when a second cancellation cut the store short
                 if usage is None:
                     usage = Usage(prompt.tokens, received)
                 if spend is not None and limits is not None:
-                    await self._spend(limits, spend, usage)
+                    await self.spend(limits, spend, usage)
         if failure is not None:
             emit(failure)
             return
@@ -221,11 +221,11 @@ class ReplyPipeline:
         if kept is None:
             return
         self.summaries.update(key, plan.summary, [*plan.history, *kept], prompt.dropped)
-        await self._record_costs(key, kept)
+        await self.record_costs(key, kept)
         self._emit_notices(message, await self._after_reply(message, reply), emit)
 
     @staticmethod
-    async def _spend(limits: Limits, spend: Spend, usage: Usage) -> None:
+    async def spend(limits: Limits, spend: Spend, usage: Usage) -> None:
         """Count the reply's tokens against the quota; a failure to count is logged, and the
         reply goes on (the user is not to blame)."""
         try:
@@ -233,7 +233,7 @@ class ReplyPipeline:
         except Exception:
             log.warning("could not count the tokens of %s's reply", spend.user, exc_info=True)
 
-    async def _store_turn(
+    async def store_turn(
         self, key: ConversationKey, turn: list[ChatMessage]
     ) -> list[ChatMessage] | None:
         """Store the turn; None, storing nothing, when its user was erased since the turn
@@ -271,7 +271,7 @@ class ReplyPipeline:
                     type(notice).__name__,
                 )
 
-    async def _record_costs(self, key: ConversationKey, turn: Sequence[ChatMessage]) -> None:
+    async def record_costs(self, key: ConversationKey, turn: Sequence[ChatMessage]) -> None:
         """Store the token cost of each new message, so that later prompts (after a restart
         too) need not count it again; counted off the event loop, after the reply went out."""
         context = self.context
@@ -287,7 +287,7 @@ class ReplyPipeline:
             log.warning("could not record token counts in %s", key, exc_info=True)
 
 
-async def _close_stream(stream: Any) -> None:
+async def close_stream(stream: Any) -> None:
     """Close a backend stream so that its generation stops (async generators have aclose)."""
     close = getattr(stream, "aclose", None)
     if close is not None:
