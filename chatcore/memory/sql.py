@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, delete, func, or_, select, update
+from sqlalchemy import Select, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,6 +46,7 @@ from chatcore.memory.database import (
     sqlite_path,
     upgrade,
 )
+from chatcore.memory.erase import erase_rows, prune_rows
 from chatcore.memory.export import export_rows
 from chatcore.memory.locks import AdvisoryLocks, ConversationLocks, CrossProcessLocks, FileLocks
 from chatcore.memory.schema import ConversationRow, MemoryRow, MessageRow, PreferenceRow, UserRow
@@ -442,21 +443,7 @@ class SqlStore:
     async def erase_user(self, user: UserKey) -> ErasedCounts:
         async def work(session: AsyncSession) -> ErasedCounts:
             user_id = await session.scalar(_user_query(user))
-            if user_id is None:
-                return ErasedCounts()
-            owned = select(ConversationRow.id).where(ConversationRow.user_id == user_id)
-            messages = await _deleted(session, MessageRow, MessageRow.conversation_id.in_(owned))
-            return ErasedCounts(
-                messages=messages,
-                conversations=await _deleted(
-                    session, ConversationRow, ConversationRow.user_id == user_id
-                ),
-                preferences=await _deleted(
-                    session, PreferenceRow, PreferenceRow.user_id == user_id
-                ),
-                memories=await _deleted(session, MemoryRow, MemoryRow.user_id == user_id),
-                users=await _deleted(session, UserRow, UserRow.id == user_id),
-            )
+            return ErasedCounts() if user_id is None else await erase_rows(session, user_id)
 
         counts = await self.write(work)
         if counts.users and not await self.scrub():
@@ -464,34 +451,7 @@ class SqlStore:
         return counts
 
     async def prune_messages(self, before: datetime) -> int:
-        async def work(session: AsyncSession) -> int:
-            # A summary holds the gist of the messages it covers: it goes with any of them.
-            covered = select(MessageRow.id).where(
-                MessageRow.conversation_id == ConversationRow.id,
-                MessageRow.created < before,
-                or_(
-                    ConversationRow.summary_through.is_(None),
-                    MessageRow.id <= ConversationRow.summary_through,
-                ),
-            )
-            await session.execute(
-                update(ConversationRow)
-                .where(ConversationRow.summary.is_not(None), covered.exists())
-                .values(summary=None, summary_through=None)
-            )
-            pruned = await _deleted(session, MessageRow, MessageRow.created < before)
-            if pruned:
-                has_messages = select(MessageRow.id).where(
-                    MessageRow.conversation_id == ConversationRow.id
-                )
-                await session.execute(
-                    delete(ConversationRow).where(
-                        ConversationRow.created < before, ~has_messages.exists()
-                    )
-                )
-            return pruned
-
-        pruned = await self.write(work)
+        pruned = await self.write(lambda session: prune_rows(session, before))
         if pruned:
             await self.scrub(vacuum=False)
         return pruned
@@ -630,12 +590,6 @@ def _preference(row: PreferenceRow) -> Preference:
 
 def _memory(row: MemoryRow) -> Memory:
     return Memory(row.id, row.text, row.embedding, row.dim, row.created)
-
-
-async def _deleted(session: AsyncSession, table: type[Any], where: Any) -> int:
-    """Delete the rows of ``table`` that match ``where``; how many went."""
-    result = await session.execute(delete(table).where(where))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _reason(error: BaseException) -> str:
