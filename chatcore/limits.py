@@ -12,10 +12,11 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as day_time
+from typing import TypeVar
 
 from chatcore.config import LimitsSettings
 from chatcore.events import ReplyError
@@ -24,6 +25,8 @@ from chatcore.memory.usage import MemoryUsage, UsageLedger
 
 Clock = Callable[[], float]
 WallClock = Callable[[], datetime]
+
+T = TypeVar("T")
 
 SWEEP_SECONDS = 60.0
 """How often the rate limiter forgets users whose bucket is full again."""
@@ -204,3 +207,23 @@ def timed_out(message_id: str, seconds: float) -> ReplyError:
     """The reply ran past ``limits.generation_timeout``."""
     text = f"The reply took longer than {seconds:g} s and was stopped; what was shown is kept."
     return ReplyError(message_id, "timed_out", text)
+
+
+class DeadlinePassed(Exception):
+    """``limits.generation_timeout`` ran out while the model was producing the next piece."""
+
+
+async def next_before(pieces: AsyncIterator[T], deadline: float | None) -> T | None:
+    """The next piece of a backend's stream, None at its end; ``DeadlinePassed`` when the loop
+    time ``deadline`` (None: no limit) comes first. Only the wait for the model is timed, and
+    a ``TimeoutError`` the backend itself raises passes through unchanged."""
+    timer = asyncio.timeout_at(deadline)
+    try:
+        async with timer:
+            return await anext(pieces)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        if timer.expired():
+            raise DeadlinePassed from None
+        raise

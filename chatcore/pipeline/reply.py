@@ -35,7 +35,7 @@ from chatcore.generation.types import (
     GenerationError,
     StreamInterruptedError,
 )
-from chatcore.limits import BUSY, Limits, Spend, timed_out
+from chatcore.limits import BUSY, DeadlinePassed, Limits, Spend, next_before, timed_out
 from chatcore.memory.barrier import UserErasedError
 from chatcore.memory.base import ConversationStore, UserKey
 from chatcore.memory.summary import RollingSummaries
@@ -156,18 +156,14 @@ class ReplyPipeline:
                 chunks = aiter(stream)
                 try:
                     while True:
-                        timer = asyncio.timeout_at(deadline)
-                        try:
-                            async with timer:  # only the model's time: not the steps'
-                                chunk = await anext(chunks)
-                        except StopAsyncIteration:
-                            break
-                        except TimeoutError:
-                            if not timer.expired():
-                                raise
+                        try:  # only the model's time is limited: not the steps'
+                            chunk = await next_before(chunks, deadline)
+                        except DeadlinePassed:
                             assert seconds is not None
                             log.info("message %s: generation timed out", message.id)
                             failure = timed_out(message.id, seconds)
+                            break
+                        if chunk is None:
                             break
                         if chunk.text:
                             received += 1

@@ -19,7 +19,7 @@ from chatcore.config import GenerationSettings
 from chatcore.events import ChatMessage, Message, Reply, ReplyChunk, ReplyError, Usage
 from chatcore.failures import logged_failure
 from chatcore.generation.types import GenerationError
-from chatcore.limits import BUSY, Spend, timed_out
+from chatcore.limits import BUSY, DeadlinePassed, Spend, next_before, timed_out
 from chatcore.memory.base import UserKey
 from chatcore.pipeline.reply import Emit, ReplyPipeline, close_stream, refusal
 from chatcore.pipeline.steps import Blocked
@@ -231,17 +231,13 @@ class _Generation:
             chunks = aiter(stream)
             try:
                 while True:  # ends with the backend's stream, bounded by max_new_tokens
-                    timer = asyncio.timeout_at(deadline)
-                    try:
-                        async with timer:  # only the model's time: not the skill's
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        if not timer.expired():
-                            raise
+                    try:  # only the model's time is limited: not the skill's
+                        chunk = await next_before(chunks, deadline)
+                    except DeadlinePassed:
                         assert seconds is not None
                         raise GenerationStopped(timed_out(message.id, seconds)) from None
+                    if chunk is None:
+                        break
                     if chunk.text:
                         received += 1
                         yield chunk.text
