@@ -118,3 +118,21 @@ def write_private(path: Path, text: str) -> None:
     with open(fd, "w", encoding="utf-8") as file:
         os.fchmod(fd, PRIVATE_FILE)
         file.write(text)
+
+
+def lock_or_close(fd: int) -> bool:
+    """Take an exclusive ``flock`` on the open file ``fd`` without waiting: True when taken
+    (the caller keeps ``fd``; closing it gives the lock back, as the process's death does).
+    When another holder has it, ``fd`` is closed and the answer is False; on an error it is
+    closed too, and the error raised."""
+    import fcntl  # POSIX only: imported here so that this module imports everywhere
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except BaseException:
+        os.close(fd)
+        raise
+    return True

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from chatcore.files import PRIVATE_FILE, private_dir, secure_tree
+from chatcore.files import PRIVATE_FILE, lock_or_close, private_dir, secure_tree
 from chatcore.generation.types import GenerationError
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,6 @@ class CacheLock:
     def try_acquire(self) -> bool:
         """Take the lock if it is free; ``False`` when another holder has it (or, without
         ``create``, when the lock file does not exist)."""
-        import fcntl  # POSIX only: imported here so that the module imports everywhere
-
         if self._fd is not None:
             return True
         flags = os.O_RDWR | (os.O_CREAT if self._create else 0)
@@ -221,14 +219,8 @@ class CacheLock:
             if self._create:
                 raise
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not lock_or_close(fd):
             return False
-        except BaseException:
-            os.close(fd)
-            raise
         self._fd = fd
         return True
 

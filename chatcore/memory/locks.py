@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from chatcore.events import ConversationKey
-from chatcore.files import PRIVATE_FILE, private_dir
+from chatcore.files import PRIVATE_FILE, lock_or_close, private_dir
 from chatcore.memory.base import CLOSE_TIMEOUT, ConversationBusyError
 
 log = logging.getLogger(__name__)
@@ -221,15 +220,7 @@ class FileLocks:
             self._made = True
         path = self.folder / f"{lock_id % self.buckets:04d}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return fd if lock_or_close(fd) else None
 
     async def unlock(self, handle: int) -> None:
         os.close(handle)  # closing the only descriptor of the open file gives the lock back
