@@ -52,6 +52,18 @@ async def chat_app(
     return app, backend
 
 
+async def chat_until_a_summary_blocks(app: App) -> Blocking:
+    """Chat until old turns are summarised by a summarizer that blocks until released
+    (bounded: at most 40 turns)."""
+    blocking = Blocking()
+    app.engine.summaries.summarizer = blocking
+    for turn in range(40):
+        await collect(app.engine.handle(msg(f"message number {turn}")))
+        if blocking.started.is_set():
+            return blocking
+    raise AssertionError("no summary began within 40 turns")
+
+
 async def say(app: App, text: str) -> Reply:
     """Send ``text``, and return the reply once the summaries it started are stored."""
     events = await collect(app.engine.handle(msg(text)))
@@ -159,13 +171,7 @@ async def test_the_summary_rolls_forward_within_its_cap(
 
 async def test_a_reply_never_waits_for_a_summary(isolated_env: Path, new_app: AppFactory) -> None:
     app, _ = await chat_app(isolated_env, new_app)
-    blocking = Blocking()
-    app.engine.summaries.summarizer = blocking
-    turn = 0
-    while not blocking.started.is_set():
-        assert turn < 40
-        await collect(app.engine.handle(msg(f"message number {turn}")))
-        turn += 1
+    blocking = await chat_until_a_summary_blocks(app)
     for more in range(3):  # replies go on while the summary is stuck
         # Bounded, so that a reply that waits for the summary fails instead of hanging.
         events = await asyncio.wait_for(collect(app.engine.handle(msg(f"more {more}"))), 30)
@@ -179,13 +185,7 @@ async def test_a_reply_never_waits_for_a_summary(isolated_env: Path, new_app: Ap
 
 async def test_stop_cancels_a_summary_in_flight(isolated_env: Path, new_app: AppFactory) -> None:
     app, _ = await chat_app(isolated_env, new_app)
-    blocking = Blocking()
-    app.engine.summaries.summarizer = blocking
-    for turn in range(40):
-        await collect(app.engine.handle(msg(f"message number {turn}")))
-        if blocking.started.is_set():
-            break
-    assert blocking.started.is_set()
+    blocking = await chat_until_a_summary_blocks(app)
     await asyncio.wait_for(app.close(), 30)
     assert blocking.cancelled
 
@@ -232,13 +232,7 @@ async def test_a_summary_made_before_a_reset_is_not_kept(
     isolated_env: Path, new_app: AppFactory
 ) -> None:
     app, _ = await chat_app(isolated_env, new_app)
-    blocking = Blocking()
-    app.engine.summaries.summarizer = blocking
-    turn = 0
-    while not blocking.started.is_set():
-        assert turn < 40
-        await collect(app.engine.handle(msg(f"message number {turn}")))
-        turn += 1
+    blocking = await chat_until_a_summary_blocks(app)
     await collect(app.engine.handle(msg("/reset")))
     await collect(app.engine.handle(msg("a new start")))
     blocking.release.set()
