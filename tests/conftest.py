@@ -23,6 +23,7 @@ from chatcore.app import App, create_app
 from chatcore.config import Settings
 from chatcore.generation.fake import FakeBackend
 from chatcore.memory.inmemory import InMemoryConversationStore
+from tests.fake_openai_server import FakeOpenAIServer
 from tests.pg_server import SKIP_ENV, PostgresServer, PostgresUnavailableError, start_postgres
 
 T = TypeVar("T")
@@ -199,3 +200,15 @@ def interactive_terminal(
     )
     assert isinstance(adapter, TerminalAdapter)
     return adapter
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAIServer]:
+    """A fake OpenAI-compatible server on loopback (tests/fake_openai_server.py), closed after
+    the test."""
+    fake = FakeOpenAIServer()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()

@@ -18,21 +18,11 @@ from tests.conftest import AppFactory, make_settings, memory_store
 from tests.fake_openai_server import FakeOpenAIServer, Stream
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAIServer]:
-    fake = FakeOpenAIServer()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
-
-
-def openai_settings(home: Path, server: FakeOpenAIServer, **generation: object) -> Settings:
+def openai_settings(home: Path, openai_server: FakeOpenAIServer, **generation: object) -> Settings:
     return make_settings(
         home,
         model={"backend": "openai"},
-        openai={"base_url": server.base_url, "retries": 0},
+        openai={"base_url": openai_server.base_url, "retries": 0},
         generation={"repetition_penalty": 1.0, **generation},
     )
 
@@ -46,31 +36,31 @@ async def collect(events: AsyncIterator[ReplyEvent]) -> list[ReplyEvent]:
 
 
 async def test_a_whole_chat_through_the_app(
-    isolated_env: Path, server: FakeOpenAIServer, new_app: AppFactory
+    isolated_env: Path, openai_server: FakeOpenAIServer, new_app: AppFactory
 ) -> None:
-    app = await new_app(openai_settings(isolated_env, server))
+    app = await new_app(openai_settings(isolated_env, openai_server))
     assert isinstance(app.engine.backend, OpenAIBackend)
     await app.start()
-    server.enqueue(Stream(["Hi ", "Alice."], usage=(30, 2)))
+    openai_server.enqueue(Stream(["Hi ", "Alice."], usage=(30, 2)))
     events = await collect(app.engine.handle(msg("hello")))
     assert [e.text for e in events if isinstance(e, ReplyChunk)] == ["Hi ", "Alice."]
     final = events[-1]
     assert isinstance(final, Reply) and final.text == "Hi Alice."
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (30, 2)
     await collect(app.engine.handle(msg("and again")))
-    sent = [m["content"] for m in server.chats[-1].body["messages"]]
+    sent = [m["content"] for m in openai_server.chats[-1].body["messages"]]
     assert sent[-3:] == ["hello", "Hi Alice.", "and again"]
-    assert server.chats[-1].body["messages"][0]["role"] == "system"
+    assert openai_server.chats[-1].body["messages"][0]["role"] == "system"
 
 
 async def test_a_broken_stream_keeps_the_partial_reply_in_the_conversation(
-    isolated_env: Path, server: FakeOpenAIServer, new_app: AppFactory
+    isolated_env: Path, openai_server: FakeOpenAIServer, new_app: AppFactory
 ) -> None:
-    settings = openai_settings(isolated_env, server)
+    settings = openai_settings(isolated_env, openai_server)
     store = memory_store(settings)
     app = await new_app(settings, store=store)
     await app.start()
-    server.enqueue(Stream(["Half ", "a ", "reply"], drop_after=2))
+    openai_server.enqueue(Stream(["Half ", "a ", "reply"], drop_after=2))
     events = await collect(app.engine.handle(msg("tell me")))
     assert "".join(e.text for e in events if isinstance(e, ReplyChunk)) == "Half a "
     assert isinstance(events[-1], ReplyError) and events[-1].code == "backend_error"
@@ -83,9 +73,9 @@ async def test_a_broken_stream_keeps_the_partial_reply_in_the_conversation(
 
 
 async def test_a_chosen_setting_the_backend_cannot_honour_stops_the_start(
-    isolated_env: Path, server: FakeOpenAIServer
+    isolated_env: Path, openai_server: FakeOpenAIServer
 ) -> None:
-    settings = openai_settings(isolated_env, server, strategy="sample", top_k=40)
+    settings = openai_settings(isolated_env, openai_server, strategy="sample", top_k=40)
     with pytest.raises(ConfigError) as caught:
         await create_app(settings, store=memory_store(settings))
     (line,) = caught.value.lines
@@ -95,12 +85,12 @@ async def test_a_chosen_setting_the_backend_cannot_honour_stops_the_start(
 
 async def test_defaults_it_cannot_honour_do_not_stop_the_start(
     isolated_env: Path,
-    server: FakeOpenAIServer,
+    openai_server: FakeOpenAIServer,
     monkeypatch: pytest.MonkeyPatch,
     new_app: AppFactory,
 ) -> None:
     monkeypatch.setenv("CHATCORE_MODEL__BACKEND", "openai")
-    monkeypatch.setenv("CHATCORE_OPENAI__BASE_URL", server.base_url)
+    monkeypatch.setenv("CHATCORE_OPENAI__BASE_URL", openai_server.base_url)
     settings = load_settings()  # repetition_penalty = 1.1 from default.toml: not chosen
     assert settings.generation.repetition_penalty == 1.1
     assert not settings.is_explicit("generation", "repetition_penalty")
@@ -109,7 +99,7 @@ async def test_defaults_it_cannot_honour_do_not_stop_the_start(
     await app.start()
     events = await collect(app.engine.handle(msg("ping")))
     assert isinstance(events[-1], Reply) and events[-1].text == "You said: ping"
-    assert "repetition_penalty" not in server.chats[0].body
+    assert "repetition_penalty" not in openai_server.chats[0].body
 
 
 def test_a_chosen_value_in_a_file_or_the_environment_is_refused(

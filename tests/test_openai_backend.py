@@ -25,30 +25,22 @@ MakeBackend = Callable[..., Awaitable[OpenAIBackend]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAIServer]:
-    fake = FakeOpenAIServer()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
-
-
-@pytest.fixture
 def waits() -> list[float]:
     """The seconds the backend waited before each retry (it does not really wait)."""
     return []
 
 
 @pytest.fixture
-async def make_backend(server: FakeOpenAIServer, waits: list[float]) -> AsyncIterator[MakeBackend]:
+async def make_backend(
+    openai_server: FakeOpenAIServer, waits: list[float]
+) -> AsyncIterator[MakeBackend]:
     made: list[OpenAIBackend] = []
 
     async def record(seconds: float) -> None:
         waits.append(seconds)
 
     async def make(*, load: bool = True, window: int = 0, **values: Any) -> OpenAIBackend:
-        values.setdefault("base_url", server.base_url)
+        values.setdefault("base_url", openai_server.base_url)
         values.setdefault("retry_backoff", 0.5)
         backend = OpenAIBackend(OpenAISettings(**values), window=window, sleep=record)
         made.append(backend)
@@ -76,9 +68,9 @@ def text_of(chunks: list[Chunk]) -> str:
 
 
 async def test_a_reply_streams_piece_by_piece(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
-    server.enqueue(Stream(["Hel", "lo", "!"], usage=(12, 3)))
+    openai_server.enqueue(Stream(["Hel", "lo", "!"], usage=(12, 3)))
     backend = await make_backend()
     assert isinstance(backend, Backend)
     chunks = await collect(backend)
@@ -86,7 +78,7 @@ async def test_a_reply_streams_piece_by_piece(
     assert chunks[-1].finish_reason == "stop"
     assert chunks[-1].usage is not None
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (12, 3)
-    (request,) = server.chats
+    (request,) = openai_server.chats
     body = request.body
     assert body["model"] == "fake-model"  # the only one the server lists
     assert body["stream"] is True
@@ -100,21 +92,21 @@ async def test_a_reply_streams_piece_by_piece(
 
 
 async def test_sampling_options_and_the_key_are_sent(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
-    server.key = "sk-test"
+    openai_server.key = "sk-test"
     backend = await make_backend(api_key=SecretStr("sk-test"), model="fake-model")
     options = GenerationSettings(strategy="sample", temperature=0.3, top_p=0.8, seed=7)
     await collect(backend, options=options)
-    body = server.chats[0].body
+    body = openai_server.chats[0].body
     assert (body["temperature"], body["top_p"], body["seed"]) == (0.3, 0.8, 7)
-    assert server.chats[0].headers["Authorization"] == "Bearer sk-test"
+    assert openai_server.chats[0].headers["Authorization"] == "Bearer sk-test"
 
 
 async def test_usage_is_estimated_when_the_server_sends_none(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
-    server.enqueue(Stream(["a", "b", "c"], finish="length", usage=None))
+    openai_server.enqueue(Stream(["a", "b", "c"], finish="length", usage=None))
     backend = await make_backend()
     last = (await collect(backend))[-1]
     assert last.finish_reason == "length"
@@ -124,20 +116,20 @@ async def test_usage_is_estimated_when_the_server_sends_none(
 
 
 async def test_429_waits_as_the_server_asks_then_succeeds(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Fail(429, "slow down", headers={"Retry-After": "7"}), Stream(["ok"]))
+    openai_server.enqueue(Fail(429, "slow down", headers={"Retry-After": "7"}), Stream(["ok"]))
     assert text_of(await collect(backend)) == "ok"
     assert waits == [7.0]
-    assert len(server.chats) == 2
+    assert len(openai_server.chats) == 2
 
 
 async def test_500_then_success_backs_off(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend(retry_backoff=0.5)
-    server.enqueue(Fail(500), Fail(503), Stream(["fine"]))
+    openai_server.enqueue(Fail(500), Fail(503), Stream(["fine"]))
     assert text_of(await collect(backend)) == "fine"
     assert len(waits) == 2
     assert 0.5 <= waits[0] <= 0.5 * 1.25
@@ -145,31 +137,31 @@ async def test_500_then_success_backs_off(
 
 
 async def test_retries_run_out_with_a_clear_error(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend(retries=2)
-    server.enqueue(*[Fail(503, "overloaded")] * 3)
+    openai_server.enqueue(*[Fail(503, "overloaded")] * 3)
     with pytest.raises(GenerationError) as caught:
         await collect(backend)
     assert "HTTP 503: overloaded" in str(caught.value)
     assert "openai.retries = 2" in str(caught.value)
-    assert len(waits) == 2 and len(server.chats) == 3
+    assert len(waits) == 2 and len(openai_server.chats) == 3
 
 
 async def test_a_retry_after_over_the_limit_fails_at_once(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend(max_retry_wait=5)
-    server.enqueue(Fail(429, headers={"Retry-After": "600"}))
+    openai_server.enqueue(Fail(429, headers={"Retry-After": "600"}))
     with pytest.raises(GenerationError, match=r"openai\.max_retry_wait"):
         await collect(backend)
-    assert waits == [] and len(server.chats) == 1
+    assert waits == [] and len(openai_server.chats) == 1
 
 
 async def test_a_wrong_key_says_which_variable_to_check(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
-    server.key = "sk-right"
+    openai_server.key = "sk-right"
     with pytest.raises(GenerationError) as caught:
         await make_backend(api_key=SecretStr("sk-wrong"))
     message = str(caught.value)
@@ -180,17 +172,17 @@ async def test_a_wrong_key_says_which_variable_to_check(
 
 
 async def test_a_key_refused_mid_way_is_not_retried(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Fail(401, "Incorrect API key provided", "invalid_api_key"))
+    openai_server.enqueue(Fail(401, "Incorrect API key provided", "invalid_api_key"))
     with pytest.raises(GenerationError, match="CHATCORE_OPENAI__API_KEY"):
         await collect(backend)
-    assert waits == [] and len(server.chats) == 1
+    assert waits == [] and len(openai_server.chats) == 1
 
 
 async def test_an_unknown_model_names_the_setting(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend(model="no-such-model")  # listed models are only a warning
     with pytest.raises(GenerationError) as caught:
@@ -200,12 +192,12 @@ async def test_an_unknown_model_names_the_setting(
 
 
 async def test_the_model_must_be_named_when_the_server_lists_several(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
-    server.models = ["a", "b"]
+    openai_server.models = ["a", "b"]
     with pytest.raises(GenerationError, match=r"set openai\.model"):
         await make_backend()
-    server.models_status = 404  # no list at all: the configured name is trusted
+    openai_server.models_status = 404  # no list at all: the configured name is trusted
     backend = await make_backend(model="b")
     assert backend.model == "b"
 
@@ -224,10 +216,10 @@ async def test_an_unreachable_server_is_retried_then_named(
 
 
 async def test_a_stream_dropped_mid_reply_keeps_the_partial_text(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["The ", "answer ", "is"], drop_after=2))
+    openai_server.enqueue(Stream(["The ", "answer ", "is"], drop_after=2))
     seen: list[str] = []
     with pytest.raises(StreamInterruptedError) as caught:
         async for chunk in backend.stream(HELLO, GREEDY):
@@ -236,14 +228,14 @@ async def test_a_stream_dropped_mid_reply_keeps_the_partial_text(
     assert caught.value.partial == "The answer "
     assert caught.value.finish_reason == "interrupted"
     assert "partial reply was kept" in str(caught.value)
-    assert waits == [] and len(server.chats) == 1  # never retried once the reply began
+    assert waits == [] and len(openai_server.chats) == 1  # never retried once the reply began
 
 
 async def test_an_error_event_mid_reply_is_an_interruption(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["Part ", "two"], error_after=1))
+    openai_server.enqueue(Stream(["Part ", "two"], error_after=1))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(backend)
     assert caught.value.partial == "Part "
@@ -251,19 +243,19 @@ async def test_an_error_event_mid_reply_is_an_interruption(
 
 
 async def test_a_stream_dropped_before_the_first_token_is_retried(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["never"], drop_after=0), Stream(["second ", "try"]))
+    openai_server.enqueue(Stream(["never"], drop_after=0), Stream(["second ", "try"]))
     assert text_of(await collect(backend)) == "second try"
-    assert len(waits) == 1 and len(server.chats) == 2
+    assert len(waits) == 1 and len(openai_server.chats) == 2
 
 
 async def test_a_lost_end_after_the_finish_is_not_an_interruption(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["done"], done=False))  # finish_reason sent, no [DONE]
+    openai_server.enqueue(Stream(["done"], done=False))  # finish_reason sent, no [DONE]
     chunks = await collect(backend)
     assert text_of(chunks) == "done" and chunks[-1].finish_reason == "stop"
 
@@ -276,78 +268,79 @@ def _conversation(turns: int) -> list[ChatMessage]:
 
 
 async def test_context_length_exceeded_retries_once_without_the_oldest_turns(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend()
     too_long = "This model's maximum context length is 4096 tokens. However, you requested 5000"
-    server.enqueue(Fail(400, too_long), Stream(["short"]))
+    openai_server.enqueue(Fail(400, too_long), Stream(["short"]))
     assert text_of(await collect(backend, _conversation(4))) == "short"
-    first, second = (r.body["messages"] for r in server.chats)
+    first, second = (r.body["messages"] for r in openai_server.chats)
     assert len(first) == 10
     assert [m["content"] for m in second] == ["sys", "q2", "a2", "q3", "a3", "now"]
-    assert waits == []  # not a retry of a busy server: no wait
+    assert waits == []  # not a retry of a busy openai_server: no wait
 
 
 async def test_context_length_exceeded_twice_is_an_error(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend()
     code = "context_length_exceeded"
-    server.enqueue(Fail(400, "too long", code), Fail(400, "too long", code))
+    openai_server.enqueue(Fail(400, "too long", code), Fail(400, "too long", code))
     with pytest.raises(GenerationError, match=r"context\.window"):
         await collect(backend, _conversation(2))
-    assert len(server.chats) == 2
-    server.enqueue(Fail(400, "too long", code))
+    assert len(openai_server.chats) == 2
+    openai_server.enqueue(Fail(400, "too long", code))
     with pytest.raises(GenerationError, match="with no history"):
         await collect(backend)  # nothing to leave out: no second try
-    assert len(server.chats) == 3
+    assert len(openai_server.chats) == 3
 
 
 async def test_a_silent_server_times_out_with_the_setting_named(
-    server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, waits: list[float]
 ) -> None:
     backend = await make_backend(read_timeout=0.2)
-    server.enqueue(Stream(["never"], silent_after=0))
+    openai_server.enqueue(Stream(["never"], silent_after=0))
     with pytest.raises(GenerationError) as caught:
         await collect(backend)
     assert not isinstance(caught.value, StreamInterruptedError)
     assert "openai.read_timeout" in str(caught.value)
     assert waits == []  # the server was working on it: a retry would only add load
-    server.enqueue(Stream(["half ", "way"], silent_after=1))
+    openai_server.enqueue(Stream(["half ", "way"], silent_after=1))
     with pytest.raises(StreamInterruptedError) as interrupted:
         await collect(backend)
     assert interrupted.value.partial == "half "
 
 
 async def test_stop_strings_cut_the_reply_and_are_sent_to_the_server(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["Hello ", "wor", "ld\nUs", "er: more"]))
+    openai_server.enqueue(Stream(["Hello ", "wor", "ld\nUs", "er: more"]))
     options = GenerationSettings(repetition_penalty=1.0, stop=("\nUser:", "#1", "#2", "#3", "#4"))
     chunks = await collect(backend, options=options)
     assert text_of(chunks) == "Hello world"
     assert chunks[-1].finish_reason == "stop"
-    assert server.chats[0].body["stop"] == ["\nUser:", "#1", "#2", "#3"]  # the API takes four
+    # The API takes four.
+    assert openai_server.chats[0].body["stop"] == ["\nUser:", "#1", "#2", "#3"]
 
 
 async def test_closing_the_stream_closes_the_http_response(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["tick "], endless=True))
+    openai_server.enqueue(Stream(["tick "], endless=True))
     stream = backend.stream(HELLO, GREEDY)
     assert (await anext(stream)).text == "tick "
     assert (await anext(stream)).text == "tick "
     await stream.aclose()  # type: ignore[attr-defined]
-    await asyncio.wait_for(server.disconnected.wait(), 10)
+    await asyncio.wait_for(openai_server.disconnected.wait(), 10)
 
 
 async def test_cancelling_the_consumer_closes_the_http_response(
-    server: FakeOpenAIServer, make_backend: MakeBackend
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
     backend = await make_backend()
-    server.enqueue(Stream(["tick "], endless=True))
+    openai_server.enqueue(Stream(["tick "], endless=True))
     started = asyncio.Event()
 
     async def consume() -> None:
@@ -359,7 +352,7 @@ async def test_cancelling_the_consumer_closes_the_http_response(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.wait_for(server.disconnected.wait(), 10)
+    await asyncio.wait_for(openai_server.disconnected.wait(), 10)
 
 
 async def test_the_estimate_over_counts_and_a_window_can_be_set(make_backend: MakeBackend) -> None:
